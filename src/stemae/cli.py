@@ -1,0 +1,165 @@
+"""The ``stemae`` command line."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from stemae.errors import InputError
+
+app = typer.Typer(
+    help="Strain, phase and domain maps from STEM data.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _shape(text: Optional[str], name: str) -> Optional[tuple[int, int]]:
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*[x,]\s*(\d+)\s*", text) or re.fullmatch(r"\s*(\d+)\s*", text)
+    if not m:
+        raise typer.BadParameter(f"{name} must look like 64x64 (or a single number), got {text!r}")
+    v = [int(g) for g in m.groups()]
+    return (v[0], v[-1])
+
+
+def _box(text: Optional[str]):
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not m:
+        raise typer.BadParameter(f"--reference must look like R0:R1,C0:C1 (scan rows, cols), got {text!r}")
+    r0, r1, c0, c1 = map(int, m.groups())
+    if r1 <= r0 or c1 <= c0:
+        raise typer.BadParameter(f"--reference {text!r} is empty: need R0 < R1 and C0 < C1")
+    return ((r0, r1), (c0, c1))
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def simulate(
+    out: Path = typer.Argument(..., help="Output file: .h5 or .zarr (data plus a 'truth' group)."),
+    preset: str = typer.Option("heterostructure", help="heterostructure (WS2/WSe2) or polycrystal."),
+    scan: str = typer.Option("64x64", help="Scan shape, rows x cols."),
+    pattern: str = typer.Option("128x128", help="Detector shape in pixels, rows x cols (any size)."),
+    dose: float = typer.Option(1e5, help="Mean electrons per pattern (Poisson noise); 0 for noise-free."),
+    background: float = typer.Option(0.0, help="Fraction of electrons in a diffuse Lorentzian background."),
+    descan: float = typer.Option(0.0, help="Drift of the pattern centre across the scan, pixels."),
+    central_fraction: Optional[float] = typer.Option(
+        None, help="Fraction of electrons in the central beam (0.97 for a monolayer); preset default if unset."
+    ),
+    seed: int = typer.Option(0, help="Random seed."),
+):
+    """Simulate a 4D-STEM dataset with its ground truth (strain, rotation, phase, lattice)."""
+    from stemae.data import write_datacube
+    from stemae.simulate import PRESETS
+
+    try:
+        if preset not in PRESETS:
+            raise InputError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        kw = {} if central_fraction is None else {"central_fraction": central_fraction}
+        sim = PRESETS[preset](_shape(scan, "--scan"), _shape(pattern, "--pattern"),
+                              dose=dose or None, background=background, descan=descan, seed=seed, **kw)
+        write_datacube(out, sim.data, sim.calibration, {"truth": sim.truth})
+    except InputError as e:
+        _fail(e)
+    typer.echo(f"wrote {out}: {sim.data.shape} {preset}, disk radius {sim.radius:.2f} px")
+
+
+@app.command()
+def strain(
+    input: Path = typer.Argument(..., help="Datacube: .npy, .h5/.emd (py4DSTEM too), .zarr, .mib, .blo, .dm4, ..."),
+    out: Path = typer.Option(Path("stemae-results"), "--out", "-o", help="Output directory."),
+    method: str = typer.Option("xcorr", help="xcorr (template cross-correlation) or com (disk centroids)."),
+    reference: Optional[str] = typer.Option(
+        None, help="Unstrained reference region R0:R1,C0:C1 (scan rows, cols, end exclusive); default whole scan."
+    ),
+    dataset: Optional[str] = typer.Option(None, help="Dataset (HDF5) or array (zarr) name inside the file."),
+    scan_shape: Optional[str] = typer.Option(None, help="Scan shape ROWSxCOLS for a stack of patterns."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Map strain and rotation; writes OUT/strain.zarr and PNG figures."""
+    from stemae.data import read_datacube
+    from stemae.strain.classical import METHODS
+    from stemae.strain.run import run_strain
+
+    try:
+        if method not in METHODS:
+            raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        cube = read_datacube(input, dataset=dataset, scan_shape=_shape(scan_shape, "--scan-shape"))
+        t0 = time.perf_counter()
+        res = run_strain(cube, out, method=method, reference=_box(reference), progress=progress)
+    except (InputError, ValueError) as e:
+        _fail(e)
+    dt = time.perf_counter() - t0
+    n = res["valid"].size
+    typer.echo(
+        f"{n} patterns in {dt:.1f} s ({n / dt:.0f}/s), {res['valid'].mean():.1%} valid; "
+        f"wrote {out / 'strain.zarr'} and figures"
+    )
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-results"), "--out", "-o", help="Output directory."),
+    scan: str = typer.Option("64x64", help="Scan shape."),
+    pattern: str = typer.Option("128x128", help="Detector shape."),
+    dose: float = typer.Option(1e5, help="Electrons per pattern."),
+    seed: int = typer.Option(0, help="Random seed."),
+):
+    """Simulate a WS2/WSe2 heterostructure, map its strain and score it against the truth."""
+    from stemae.data import Datacube, write_datacube
+    from stemae.simulate import heterostructure
+    from stemae.strain.evaluate import truth_strain_maps, strain_errors
+    from stemae.strain.run import run_strain
+    from stemae.viz import plot_strain_maps
+
+    t0 = time.perf_counter()
+    sim = heterostructure(_shape(scan, "--scan"), _shape(pattern, "--pattern"), dose=dose, seed=seed)
+    Ry, Rx = sim.data.shape[:2]
+    reference = ((0, Ry), (0, max(1, Rx // 6)))
+    write_datacube(out / "heterostructure.h5", sim.data, sim.calibration, {"truth": sim.truth})
+    typer.echo(f"simulated {sim.data.shape} WS2/WSe2 at {dose:.0e} e/pattern in {time.perf_counter() - t0:.1f} s")
+    t1 = time.perf_counter()
+    res = run_strain(Datacube(sim.data, sim.calibration, "demo"), out, method="xcorr", reference=reference,
+                     progress=True)
+    dt = time.perf_counter() - t1
+    truth = truth_strain_maps(sim.truth, reference, res["g_ref"])
+    plot_strain_maps(truth, out / "truth_maps.png", title="ground truth")
+    err = strain_errors(res, truth, res["valid"])
+    typer.echo(f"strain mapped at {sim.data.shape[0] * sim.data.shape[1] / dt:.0f} patterns/s")
+    typer.echo("mean absolute error vs ground truth (reference: scan columns 0:%d):" % reference[1][1])
+    for k in ("e_xx", "e_yy", "e_xy"):
+        typer.echo(f"  {k:6s} {err[k]:.2e}")
+    typer.echo(f"  theta  {err['theta']:.3f} deg")
+    typer.echo(f"  valid  {err['valid_fraction']:.1%}")
+    typer.echo(f"results in {out}/: strain.zarr, strain_maps.png, truth_maps.png, reference_lattice.png")
+
+
+@app.command()
+def info(
+    input: Path = typer.Argument(..., help="Datacube file."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset or array name."),
+    scan_shape: Optional[str] = typer.Option(None, help="Scan shape ROWSxCOLS for a stack of patterns."),
+):
+    """Print a datacube's shape, type and calibration without loading it."""
+    from stemae.data import read_datacube
+
+    try:
+        cube = read_datacube(input, dataset=dataset, scan_shape=_shape(scan_shape, "--scan-shape"))
+    except InputError as e:
+        _fail(e)
+    typer.echo(f"source: {cube.source}")
+    typer.echo(f"shape (Ry, Rx, Qy, Qx): {tuple(cube.data.shape)} {cube.data.dtype}")
+    for k, v in cube.calibration.to_attrs().items():
+        typer.echo(f"{k}: {v}")

@@ -1,0 +1,238 @@
+"""Strain maths and the one place where axis and sign conventions live.
+
+Conventions (stored in every results file as the ``conventions`` attribute):
+
+- Datacubes are ``(Ry, Rx, Qy, Qx)``: scan row, scan column, detector row,
+  detector column.
+- A vector in the detector plane is ``(x, y)`` with ``x`` along detector
+  columns (``Qx``, increasing to the right) and ``y`` along detector rows
+  (``Qy``, increasing downwards), in detector pixels unless a calibration
+  says otherwise. Note that py4DSTEM names the *row* axis ``x``; stemae does
+  not.
+- A 2D lattice basis is a ``(..., 2, 2)`` matrix whose *columns* are the
+  basis vectors ``g1`` and ``g2`` in ``(x, y)`` components.
+- The local real-space deformation ``F`` maps the reference lattice onto the
+  local one: ``a = F a_ref`` for real-space lattice vectors, hence
+  ``g = F^-T g_ref`` for reciprocal ones.
+- ``F = R U`` (right polar decomposition, exact, no small-strain shortcut).
+  ``U`` is the symmetric stretch in detector ``(x, y)`` axes, applied
+  before the rotation ``R``; ``e_xx = U_xx - 1``, ``e_yy = U_yy - 1``, ``e_xy = U_xy`` (tensor, not
+  engineering, shear). Positive strain is tensile in real space.
+- ``theta`` is the angle of ``R``: positive rotates ``+x`` towards ``+y``,
+  which is clockwise on screen when images are drawn with row 0 at the top.
+  Degrees in results, radians inside the code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CONVENTIONS = (
+    "arrays (Ry, Rx, Qy, Qx); vectors (x, y) with x along detector columns and "
+    "y along detector rows (down); lattice bases have g1, g2 as columns; "
+    "real-space deformation F maps reference to local lattice (a = F a_ref, "
+    "g = F^-T g_ref); F = R U exact right polar decomposition; e_xx = U_xx - 1, "
+    "e_yy = U_yy - 1, e_xy = U_xy (tensor shear); theta = angle of R in degrees, "
+    "positive from +x towards +y (clockwise on screen with row 0 at top)"
+)
+
+
+def rotation_matrix(theta: np.ndarray | float) -> np.ndarray:
+    """Rotation matrices ``(..., 2, 2)`` for angles ``theta`` (radians).
+
+    Positive angles rotate ``+x`` towards ``+y``.
+    """
+    theta = np.asarray(theta, dtype=np.float64)
+    c, s = np.cos(theta), np.sin(theta)
+    return np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
+
+
+def deformation_from_strain(e_xx, e_yy, e_xy, theta) -> np.ndarray:
+    """Deformation gradient ``F = R(theta) U`` from strain components.
+
+    Parameters
+    ----------
+    e_xx, e_yy, e_xy : array_like, shape (...)
+        Components of ``U - I`` (dimensionless, tensor shear).
+    theta : array_like, shape (...)
+        Rotation in radians.
+
+    Returns
+    -------
+    F : ndarray, shape (..., 2, 2)
+    """
+    e_xx, e_yy, e_xy, theta = np.broadcast_arrays(
+        *(np.asarray(v, dtype=np.float64) for v in (e_xx, e_yy, e_xy, theta))
+    )
+    U = np.stack([np.stack([1 + e_xx, e_xy], -1), np.stack([e_xy, 1 + e_yy], -1)], -2)
+    return rotation_matrix(theta) @ U
+
+
+def polar_decomposition(F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact right polar decomposition ``F = R U`` of 2x2 matrices.
+
+    Parameters
+    ----------
+    F : ndarray, shape (..., 2, 2)
+        Deformation gradients with positive determinant.
+
+    Returns
+    -------
+    R : ndarray, shape (..., 2, 2)
+        Proper rotations.
+    U : ndarray, shape (..., 2, 2)
+        Symmetric positive-definite stretches, ``U = sqrt(F^T F)``.
+
+    Notes
+    -----
+    For a 2x2 symmetric positive-definite ``C``,
+    ``sqrt(C) = (C + sqrt(det C) I) / sqrt(tr C + 2 sqrt(det C))``.
+    Entries with ``det F <= 0`` (mirror or collapsed) give NaN.
+    """
+    F = np.asarray(F, dtype=np.float64)
+    C = np.swapaxes(F, -1, -2) @ F
+    det_F = np.linalg.det(F)
+    bad = ~(det_F > 0)
+    sq = np.where(bad, np.nan, np.abs(det_F))  # sqrt(det C) = |det F|
+    tr = C[..., 0, 0] + C[..., 1, 1]
+    denom = np.sqrt(tr + 2 * sq)
+    U = (C + sq[..., None, None] * np.eye(2)) / denom[..., None, None]
+    R = F @ np.linalg.inv(np.where(bad[..., None, None], np.eye(2), U))
+    R[bad] = np.nan
+    return R, U
+
+
+def deformation_from_reciprocal(G: np.ndarray, G_ref: np.ndarray) -> np.ndarray:
+    """Real-space deformation from reciprocal lattice bases.
+
+    Parameters
+    ----------
+    G : ndarray, shape (..., 2, 2)
+        Local reciprocal bases, columns ``g1``, ``g2`` (any consistent units).
+    G_ref : ndarray, shape (2, 2) or (..., 2, 2)
+        Reference reciprocal basis in the same units and indexing.
+
+    Returns
+    -------
+    F : ndarray, shape (..., 2, 2)
+        ``F = (G_ref G^-1)^T`` so that ``a = F a_ref`` for real-space vectors.
+    """
+    G = np.asarray(G, dtype=np.float64)
+    G_ref = np.asarray(G_ref, dtype=np.float64)
+    return np.swapaxes(G_ref @ np.linalg.inv(G), -1, -2)
+
+
+def reciprocal_from_deformation(F: np.ndarray, G_ref: np.ndarray) -> np.ndarray:
+    """Local reciprocal basis ``G = F^-T G_ref``; inverse of
+    :func:`deformation_from_reciprocal`. Shapes ``(..., 2, 2)``."""
+    F = np.asarray(F, dtype=np.float64)
+    return np.swapaxes(np.linalg.inv(F), -1, -2) @ np.asarray(G_ref, dtype=np.float64)
+
+
+def reference_mask(scan_shape: tuple[int, int], reference=None) -> np.ndarray:
+    """Boolean reference mask of shape ``scan_shape``.
+
+    Parameters
+    ----------
+    scan_shape : (Ry, Rx)
+    reference : None, boolean array of shape ``scan_shape``, or a box
+        ``((r0, r1), (c0, c1))`` of half-open scan row and column ranges.
+        ``None`` means the whole scan.
+    """
+    if reference is None:
+        return np.ones(scan_shape, dtype=bool)
+    if isinstance(reference, np.ndarray) and reference.dtype == bool:
+        if reference.shape != tuple(scan_shape):
+            raise ValueError(
+                f"reference mask has shape {reference.shape}, expected the scan shape {tuple(scan_shape)}"
+            )
+        return reference.copy()
+    try:
+        (r0, r1), (c0, c1) = reference
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"reference must be a boolean mask or ((r0, r1), (c0, c1)), got {reference!r}"
+        ) from None
+    mask = np.zeros(scan_shape, dtype=bool)
+    mask[int(r0) : int(r1), int(c0) : int(c1)] = True
+    if not mask.any():
+        raise ValueError(
+            f"reference box rows {r0}:{r1}, cols {c0}:{c1} selects no scan position "
+            f"of a {scan_shape[0]}x{scan_shape[1]} scan"
+        )
+    return mask
+
+
+def reference_basis(G: np.ndarray, mask: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Reference reciprocal basis: element-wise median of ``G`` over a region.
+
+    Parameters
+    ----------
+    G : ndarray, shape (Ry, Rx, 2, 2)
+    mask : ndarray of bool, shape (Ry, Rx)
+    valid : ndarray of bool, shape (Ry, Rx), optional
+        Positions whose fit succeeded; others are ignored.
+
+    Returns
+    -------
+    G_ref : ndarray, shape (2, 2)
+    """
+    sel = mask if valid is None else (mask & valid)
+    sel = sel & np.isfinite(G).all(axis=(-1, -2))
+    if not sel.any():
+        raise ValueError("the reference region holds no valid lattice fit")
+    return np.median(G[sel], axis=0)
+
+
+def strain_from_deformation(F: np.ndarray) -> dict[str, np.ndarray]:
+    """Strain maps from deformation gradients.
+
+    Parameters
+    ----------
+    F : ndarray, shape (..., 2, 2)
+
+    Returns
+    -------
+    dict with ``e_xx``, ``e_yy``, ``e_xy`` (dimensionless) and ``theta``
+    (degrees), each of shape (...).
+    """
+    R, U = polar_decomposition(F)
+    return {
+        "e_xx": U[..., 0, 0] - 1.0,
+        "e_yy": U[..., 1, 1] - 1.0,
+        "e_xy": U[..., 0, 1],
+        "theta": np.degrees(np.arctan2(R[..., 1, 0], R[..., 0, 0])),
+    }
+
+
+def strain_maps(
+    G: np.ndarray, reference=None, valid: np.ndarray | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Strain and rotation maps from per-position reciprocal bases.
+
+    Parameters
+    ----------
+    G : ndarray, shape (Ry, Rx, 2, 2)
+        Reciprocal bases (columns ``g1``, ``g2``), consistently indexed.
+    reference : see :func:`reference_mask`
+        Region whose median lattice is the unstrained reference.
+    valid : ndarray of bool, shape (Ry, Rx), optional
+        Positions whose fit succeeded; invalid ones get NaN.
+
+    Returns
+    -------
+    maps : dict of ``e_xx``, ``e_yy``, ``e_xy`` (dimensionless) and ``theta``
+        (degrees), float32 arrays of shape (Ry, Rx).
+    G_ref : ndarray, shape (2, 2)
+        The reference basis used.
+    """
+    G = np.asarray(G, dtype=np.float64)
+    mask = reference_mask(G.shape[:2], reference)
+    G_ref = reference_basis(G, mask, valid)
+    ok = np.isfinite(G).all(axis=(-1, -2)) & (np.abs(np.linalg.det(np.nan_to_num(G))) > 0)
+    if valid is not None:
+        ok &= valid
+    F = np.full(G.shape, np.nan)
+    F[ok] = deformation_from_reciprocal(G[ok], G_ref)
+    maps = {k: v.astype(np.float32) for k, v in strain_from_deformation(F).items()}
+    return maps, G_ref

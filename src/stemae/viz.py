@@ -1,0 +1,99 @@
+"""Figures written next to the numbers (PNG, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from stemae.data.results import atomic_path  # noqa: E402
+
+STRAIN_PANELS = (
+    ("e_xx", r"$\varepsilon_{xx}$", "%"),
+    ("e_yy", r"$\varepsilon_{yy}$", "%"),
+    ("e_xy", r"$\varepsilon_{xy}$", "%"),
+    ("theta", r"$\theta$", "deg"),
+)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return path
+
+
+def _limits(values: np.ndarray, centred: bool) -> tuple[float, float]:
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return -1.0, 1.0
+    if centred:
+        m = float(np.percentile(np.abs(v), 99)) or 1e-6
+        return -m, m
+    lo, hi = np.percentile(v, [1, 99])
+    return float(lo), float(hi if hi > lo else lo + 1e-6)
+
+
+def plot_strain_maps(maps: dict, path, valid: np.ndarray | None = None, title: str = "") -> Path:
+    """Four panels (e_xx, e_yy, e_xy in percent, theta in degrees) with colour bars.
+
+    Parameters
+    ----------
+    maps : dict with ``e_xx``, ``e_yy``, ``e_xy`` (dimensionless) and
+        ``theta`` (degrees), arrays (Ry, Rx)
+    path : PNG path, written atomically
+    valid : bool (Ry, Rx), optional; invalid positions are drawn grey
+    """
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4), constrained_layout=True)
+    cmap = plt.get_cmap("RdBu_r").copy()
+    cmap.set_bad("0.6")
+    for ax, (key, label, unit) in zip(axes, STRAIN_PANELS):
+        img = np.array(maps[key], dtype=np.float64) * (100.0 if unit == "%" else 1.0)
+        if valid is not None:
+            img[~valid] = np.nan
+        lo, hi = _limits(img, centred=unit == "%")
+        if unit == "deg":
+            med = np.nanmedian(img) if np.isfinite(img).any() else 0.0
+            half = max(abs(lo - med), abs(hi - med), 1e-3)
+            lo, hi = med - half, med + half
+        im = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+        ax.set_title(label)
+        ax.set_xlabel("scan column")
+        ax.set_ylabel("scan row")
+        fig.colorbar(im, ax=ax, shrink=0.8, label=unit)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_lattice(pattern: np.ndarray, origin, G: np.ndarray, radius: float, path, title: str = "") -> Path:
+    """A diffraction pattern (log scale) with the fitted lattice drawn on it.
+
+    Parameters
+    ----------
+    pattern : ndarray (Qy, Qx)
+    origin : (x, y) pixels
+    G : ndarray (2, 2), columns g1, g2 in pixels
+    radius : disk radius in pixels
+    """
+    fig, ax = plt.subplots(figsize=(5, 5), constrained_layout=True)
+    ax.imshow(np.log1p(np.clip(pattern, 0, None)), cmap="gray")
+    Qy, Qx = pattern.shape
+    n = int(np.ceil(max(Qy, Qx) / np.linalg.norm(G, axis=0).min())) + 1
+    h, k = np.meshgrid(np.arange(-n, n + 1), np.arange(-n, n + 1))
+    pts = np.asarray(origin) + np.stack([h.ravel(), k.ravel()], 1) @ G.T
+    inside = (pts[:, 0] > -radius) & (pts[:, 0] < Qx + radius) & (pts[:, 1] > -radius) & (pts[:, 1] < Qy + radius)
+    for x, y in pts[inside]:
+        ax.add_patch(plt.Circle((x, y), radius, fill=False, color="tab:orange", lw=0.8))
+    for g, c, name in ((G[:, 0], "tab:red", "g1"), (G[:, 1], "tab:cyan", "g2")):
+        ax.annotate("", xy=np.asarray(origin) + g, xytext=origin, arrowprops=dict(color=c, arrowstyle="->", lw=2))
+        ax.text(*(np.asarray(origin) + 1.1 * g), name, color=c)
+    ax.set_xlim(-0.5, Qx - 0.5)
+    ax.set_ylim(Qy - 0.5, -0.5)
+    ax.set_title(title or "reference lattice")
+    return _save(fig, path)
