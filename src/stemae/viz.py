@@ -50,8 +50,7 @@ def plot_strain_maps(maps: dict, path, valid: np.ndarray | None = None, title: s
     valid : bool (Ry, Rx), optional; invalid positions are drawn grey
     """
     fig, axes = plt.subplots(1, 4, figsize=(16, 4), constrained_layout=True)
-    cmap = plt.get_cmap("RdBu_r").copy()
-    cmap.set_bad("0.6")
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.6")
     for ax, (key, label, unit) in zip(axes, STRAIN_PANELS):
         img = np.array(maps[key], dtype=np.float64) * (100.0 if unit == "%" else 1.0)
         if valid is not None:

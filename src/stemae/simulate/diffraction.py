@@ -297,7 +297,8 @@ def simulate_datacube(
         amp = np.zeros((nb, n_refl + 1))
         o = origin[r, c]
         pos[:, 0] = o
-        cf = np.clip(central_fraction * (1 - 0.1 * intensity_variation * thick[r, c]), 0.0, 1.0)
+        # Thicker places scatter more: the scattered share follows the thickness field.
+        cf = 1 - np.clip((1 - central_fraction) * np.exp(0.5 * intensity_variation * thick[r, c]), 0.0, 1.0)
         amp[:, 0] = cf
         for i in range(len(phases)):
             sel = phase_map[r, c] == i

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from stemae.cli import app
+from stemae.data import read_results
+from stemae.strain.evaluate import strain_errors, truth_strain_maps
+
+runner = CliRunner()
+
+
+def test_help_explains_options():
+    r = runner.invoke(app, ["strain", "--help"])
+    assert r.exit_code == 0
+    for opt in ("--method", "--reference", "--out", "--dataset", "--scan-shape"):
+        assert opt in r.output
+
+
+def test_simulate_then_strain_end_to_end(tmp_path):
+    data = tmp_path / "het.h5"
+    r = runner.invoke(app, ["simulate", str(data), "--scan", "24x24", "--pattern", "128x128", "--dose", "1e5"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "res"
+    r = runner.invoke(app, ["strain", str(data), "--out", str(out), "--method", "xcorr",
+                            "--reference", "0:24,0:4", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    arrays, attrs = read_results(out / "strain.zarr")
+    for k in ("e_xx", "e_yy", "e_xy", "theta", "valid", "g1", "g2", "origin", "reference"):
+        assert k in arrays
+    assert arrays["e_xx"].shape == (24, 24) and arrays["g1"].shape == (24, 24, 2)
+    assert attrs["arrays"]["theta"]["units"] == "deg"
+    assert "clockwise on screen" in attrs["conventions"]
+    assert attrs["calibration"]["q_units"] == "1/A"
+    for png in ("strain_maps.png", "reference_lattice.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The maps are right, not just present.
+    from stemae.data import read_datacube
+
+    truth = read_datacube(data).extra["truth"]
+    ref = ((0, 24), (0, 4))
+    err = strain_errors(arrays, truth_strain_maps(truth, ref, np.asarray(attrs["reference_basis_px"])), arrays["valid"])
+    assert err["e_xx"] < 1e-3 and err["theta"] < 0.1
+
+    # A second run replaces the store atomically and leaves no temporary files.
+    r = runner.invoke(app, ["strain", str(data), "--out", str(out), "--method", "com", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert read_results(out / "strain.zarr")[1]["method"] == "com"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["strain", "missing.h5"], "no such file"),
+        (["strain", "{d}", "--method", "magic"], "unknown method 'magic'"),
+        (["strain", "{d}", "--reference", "5-9"], "R0:R1,C0:C1"),
+        (["strain", "{d}", "--reference", "0:4,90:99"], "selects no scan position"),
+        (["strain", "{bad}"], "row 1, col 2) contains NaN"),
+    ],
+)
+def test_bad_input_gives_one_clear_error(tmp_path, args, message):
+    from stemae.simulate import heterostructure
+
+    sim = heterostructure((4, 4), (64, 64), dose=None)
+    d = tmp_path / "d.npy"
+    np.save(d, sim.data)
+    bad = sim.data.copy()
+    bad[1, 2, 5, 5] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    args = [a.format(d=d, bad=tmp_path / "bad.npy") for a in args] + ["--out", str(tmp_path / "o")]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2
+    assert message in r.output
+    assert "Traceback" not in r.output
+    assert not (tmp_path / "o" / "strain.zarr").exists()
+
+
+def test_info_reads_without_loading(tmp_path):
+    d = tmp_path / "s.zarr"
+    assert runner.invoke(app, ["simulate", str(d), "--scan", "3x5", "--pattern", "64x80", "--dose", "0"]).exit_code == 0
+    r = runner.invoke(app, ["info", str(d)])
+    assert r.exit_code == 0 and "(3, 5, 64, 80)" in r.output and "q_pixel_size" in r.output
