@@ -206,3 +206,15 @@ def test_write_datacube_failure_keeps_old_file(tmp_path, small_cube):
         write_datacube(p, small_cube, groups={"truth": {"x": object()}})
     assert p.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["cube.h5"]
+
+
+def test_dm4_through_rosettasciio(tmp_path, small_cube):
+    from dm4_writer import write_dm4
+
+    p = tmp_path / "scan.dm4"
+    write_dm4(p, small_cube, [0.5, 0.5, 0.02, 0.02], ["nm", "nm", "1/nm", "1/nm"])
+    cube = read_datacube(p)
+    _check(cube, small_cube)
+    assert cube.calibration.r_pixel_size == pytest.approx(0.5)
+    assert cube.calibration.q_pixel_size == pytest.approx(0.02)
+    assert cube.calibration.q_units == "1/nm"
