@@ -14,6 +14,7 @@ from stemae.simulate.diffraction import (
     render_disks,
     simulate_datacube,
 )
+from stemae.simulate.multislice import simulate_multislice
 
 __all__ = [
     "CUBIC",
@@ -28,4 +29,5 @@ __all__ = [
     "polycrystal",
     "render_disks",
     "simulate_datacube",
+    "simulate_multislice",
 ]
