@@ -115,10 +115,6 @@ def _read_npy(path: Path, scan_shape) -> Datacube:
     return Datacube(as_datacube_array(arr, scan_shape, str(path)), source=str(path))
 
 
-def _attrs_calibration(attrs) -> Calibration:
-    return Calibration.from_attrs(attrs)
-
-
 def _py4dstem_calibration(group: h5py.Group) -> Calibration:
     """Calibration from a py4DSTEM/emdfile array group and its metadata bundle."""
     cal = {}
@@ -173,7 +169,7 @@ def _read_hdf5(path: Path, dataset: str | None, scan_shape) -> Datacube:
         elif not isinstance(obj, h5py.Dataset):
             raise InputError(f"{path}: {dataset!r} is a group, not a dataset")
         else:
-            cal = _attrs_calibration(obj.attrs)
+            cal = Calibration.from_attrs(obj.attrs)
     elif f.attrs.get("emd_group_type") == "file" and (grp := _find_emd_datacube(f)) is not None:
         obj = grp["data"]
         cal = _py4dstem_calibration(grp)
@@ -191,7 +187,7 @@ def _read_hdf5(path: Path, dataset: str | None, scan_shape) -> Datacube:
                 "name it with --dataset"
             )
         obj = f[pick[0]]
-        cal = _attrs_calibration(obj.attrs)
+        cal = Calibration.from_attrs(obj.attrs)
         if "truth" in f and isinstance(f["truth"], h5py.Group):
             extra["truth"] = {k: f["truth"][k][()] for k in f["truth"]}
     return Datacube(as_datacube_array(obj, scan_shape, f"{path}:{obj.name}"), cal, f"{path}:{obj.name}", extra)
