@@ -1,0 +1,1 @@
+"""PyTorch building blocks: spatial transforms, model bundles."""

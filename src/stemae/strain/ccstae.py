@@ -1,0 +1,393 @@
+"""Cycle-consistent spatial-transforming autoencoder (CC-ST-AE) for strain and phase.
+
+Without labels, the model learns from a datacube:
+
+- ``K`` base lattices (one per phase or grain type): reciprocal bases
+  ``G_k`` in detector pixels plus the disk radius and edge (the probe
+  aperture image, shared);
+- an encoder that maps each pattern to class logits and, for every class,
+  an affine transform ``[A | t]`` (log scales, shear, rotation, translation
+  for descan) taking the base onto the pattern.
+
+The decoder is a spatial transformer acting on the base's *lattice*: disks
+of fixed shape are drawn at ``o + A g_j``, because a strained crystal moves
+its disks without resizing them (warping a whole pattern would resize them
+too and bias the strain). Training minimises two cycle losses over the disk
+windows, outside the central beam and away from the detector edge:
+
+1. forward: the input sampled on the base grid pulled through the transform
+   against the base (whose disks are pre-distorted by ``A^-1`` so that no
+   size change is implied);
+2. inverse: the base pushed through the transform against the input;
+
+each with per-disk amplitudes and local background solved in closed form
+(intensities vary across a scan), Poisson weights, and a small penalty that
+keeps ``A`` near a rotation. At prediction the encoder's transform is
+refined per pattern by a few Gauss-Newton steps on the inverse loss
+(:func:`stemae.nn.lattice.refine_lattice`), which gives sub-pixel precision;
+strain follows from ``G = A G_k`` through :mod:`stemae.geometry`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from stemae.data.blocks import iter_row_blocks, rows_for_budget
+from stemae.geometry import reference_mask, strain_maps
+from stemae.nn.bundle import load_bundle, save_bundle
+from stemae.nn.lattice import (
+    disk_profile,
+    fit_amplitudes,
+    gather_windows,
+    refine_lattice,
+    ring_offsets,
+    sample_bilinear,
+)
+from stemae.nn.transforms import affine_matrix
+from stemae.strain.classical import _sample_patterns, detect_disks, fit_lattices
+from stemae.strain.lattice import align_to_reference
+
+KIND = "ccstae"
+CLASS_SCALE = 0.01  # distortion (log-stretch norm) that halves a class's weight, about 1 %
+N_OUT = 7  # log_sx, log_sy, shear, cos, sin, tx, ty
+
+
+def stretch(A: torch.Tensor) -> torch.Tensor:
+    """Distortion of transforms ``(..., 2, 2)``: the norm of the log singular
+    values (rotation-free; 0.01 is about 1 % strain)."""
+    return torch.log(torch.linalg.svdvals(A).clamp_min(1e-6)).norm(dim=-1)
+
+
+def prepare(patterns: torch.Tensor, size: int) -> torch.Tensor:
+    """Encoder input ``(B, 1, size, size)``: square root (Poisson
+    variance-stabilising), area-averaged to ``size``, unit mean per pattern."""
+    x = torch.sqrt(patterns.clamp_min(0)).unsqueeze(1)
+    x = nn.functional.adaptive_avg_pool2d(x, size)
+    return x / x.mean(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+
+
+class Encoder(nn.Module):
+    """A compact CNN: (B, 1, s, s) -> (B, n_out). About 0.1 M parameters."""
+
+    def __init__(self, size: int, n_out: int, width: int = 16):
+        super().__init__()
+        layers, c = [], 1
+        for c_out in (width, 2 * width, 2 * width, 4 * width):
+            layers += [nn.Conv2d(c, c_out, 3, stride=2 if c > 1 else 1, padding=1), nn.GELU()]
+            c = c_out
+        self.features = nn.Sequential(*layers)
+        side = math.ceil(size / 8)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * side * side, 128), nn.GELU(), nn.Linear(128, n_out))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class CCSTAE(nn.Module):
+    """The model; see the module docstring.
+
+    Parameters
+    ----------
+    G : (K, 2, 2) initial base reciprocal bases, pixels, columns g1, g2
+    hk : (J, 2) integer reflection indices drawn for every base
+    radius, edge : initial disk radius and edge blur, pixels
+    center : (x, y) detector position of the central beam for zero translation
+    input_size : encoder input side
+    """
+
+    def __init__(self, G, hk, radius: float, edge: float, center, input_size: int = 32):
+        super().__init__()
+        G = torch.as_tensor(np.asarray(G), dtype=torch.float32)
+        self.K = G.shape[0]
+        self.input_size = input_size
+        self.G = nn.Parameter(G.clone())
+        self.log_radius = nn.Parameter(torch.tensor(math.log(radius)))
+        self.log_edge = nn.Parameter(torch.tensor(math.log(edge)))
+        self.register_buffer("hk", torch.as_tensor(np.asarray(hk), dtype=torch.float32))
+        self.register_buffer("center", torch.as_tensor(np.asarray(center), dtype=torch.float32))
+        self.encoder = Encoder(input_size, self.K * (N_OUT + 1))
+
+    @property
+    def radius(self):
+        return self.log_radius.exp()
+
+    @property
+    def edge(self):
+        return self.log_edge.exp()
+
+    def reflections(self) -> torch.Tensor:
+        """Base reflection vectors ``(K, J, 2)`` in pixels."""
+        return self.hk @ self.G.transpose(-1, -2)
+
+    def forward(self, patterns: torch.Tensor):
+        """Class logits ``(B, K)``, transforms ``A`` ``(B, K, 2, 2)`` and
+        origins ``(B, K, 2)`` for patterns ``(B, Qy, Qx)``."""
+        out = self.encoder(prepare(patterns, self.input_size))
+        logits = out[:, : self.K]
+        p = out[:, self.K :].reshape(-1, self.K, N_OUT)
+        rot = torch.atan2(p[..., 4], 1.0 + p[..., 3])  # zero output: identity
+        params = torch.stack([0.05 * p[..., 0], 0.05 * p[..., 1], 0.05 * p[..., 2], rot, 2.0 * p[..., 5], 2.0 * p[..., 6]], -1)
+        M = affine_matrix(params)
+        return logits, M[..., :2], self.center + M[..., 2], params
+
+    def cycle_losses(self, patterns, A, origin, noise_floor: float = 1.0):
+        """Forward and inverse cycle losses per pattern and class, ``(B, K)`` each.
+
+        Windows lie on the edge band of every disk (the central beam
+        excluded) whose centre is at least one radius inside the detector.
+        """
+        B, H, W = patterns.shape
+        R, s = self.radius, self.edge
+        offsets = ring_offsets(float(R.detach()), float(s.detach()), patterns.device)
+        g = self.reflections()  # (K, J, 2)
+        centers = origin[:, :, None] + torch.einsum("bkij,kmj->bkmi", A, g)  # (B, K, J, 2)
+        margin = float(R.detach()) + 1.0
+        on = ((centers[..., 0] > margin) & (centers[..., 0] < W - 1 - margin)
+              & (centers[..., 1] > margin) & (centers[..., 1] < H - 1 - margin)).to(patterns.dtype)
+        K, J = g.shape[:2]
+        flat_c = centers.reshape(B, K * J, 2)
+        # Inverse cycle: base drawn through the transform, at the input's pixels.
+        vals, coords, inside = gather_windows(patterns, flat_c, offsets)
+        r = (coords - flat_c[:, :, None]).norm(dim=-1)
+        prof = disk_profile(r, R, s)
+        w0 = inside.to(patterns.dtype) * on.reshape(B, K * J, 1)
+        a, c = fit_amplitudes(vals, prof, w0)
+        model = a[..., None] * prof + c[..., None]
+        w = w0 / (model.detach().clamp_min(0) + noise_floor)
+        inv = (w * (vals - model) ** 2).reshape(B, K, -1).sum(-1) / w0.reshape(B, K, -1).sum(-1).clamp_min(1)
+        # Forward cycle: the input pulled onto the base grid through the transform.
+        d = offsets.to(patterns.dtype)  # base-frame offsets around each base disk
+        pts = flat_c[:, :, None] + torch.einsum("bkij,pj->bkpi", A, d).repeat_interleave(J, dim=1)
+        vals_f = sample_bilinear(patterns, pts)
+        # In the base frame a real (unresized) disk appears distorted by A^-1.
+        r_f = torch.einsum("bkij,pj->bkpi", A, d).norm(dim=-1).repeat_interleave(J, dim=1)
+        prof_f = disk_profile(r_f, R, s)
+        a_f, c_f = fit_amplitudes(vals_f, prof_f, w0)
+        model_f = a_f[..., None] * prof_f + c_f[..., None]
+        w_f = w0 / (model_f.detach().clamp_min(0) + noise_floor)
+        fwd = (w_f * (vals_f - model_f) ** 2).reshape(B, K, -1).sum(-1) / w0.reshape(B, K, -1).sum(-1).clamp_min(1)
+        return fwd, inv
+
+
+def _init_bases(data, n_classes: int, n_init: int, seed: int, progress: bool):
+    """Base lattices from a classical fit of a sample of patterns, clustered
+    into ``n_classes`` groups by their lattice (k-means on the aligned bases)."""
+    Ry, Rx = data.shape[:2]
+    rng = np.random.default_rng(seed)
+    n = min(n_init, Ry * Rx)
+    idx = np.sort(rng.choice(Ry * Rx, n, replace=False))
+    r, c = np.unravel_index(idx, (Ry, Rx))
+    sample = np.stack([np.asarray(data[i, j], dtype=np.float32) for i, j in zip(r, c)])[:, None]
+    disks = detect_disks(sample, progress=progress)
+    fit = fit_lattices(disks)
+    G = fit["G"].reshape(-1, 2, 2)
+    ok = np.isfinite(G).all(axis=(1, 2))
+    if ok.sum() < n_classes:
+        raise ValueError("too few patterns could be indexed to initialise the bases")
+    G = align_to_reference(G[ok], fit["basis"])
+    feats = G.reshape(len(G), 4)
+    centres = _kmeans(feats, n_classes, rng)
+    Gk = centres.reshape(n_classes, 2, 2)
+    order = np.argsort(-np.abs(np.linalg.det(Gk)))  # class 0: largest reciprocal cell
+    return Gk[order], disks["radius"], disks["center"]
+
+
+def _kmeans(x: np.ndarray, k: int, rng, iters: int = 50) -> np.ndarray:
+    """Plain k-means with k-means++ seeding; returns the centres ``(k, d)``."""
+    scale = x.std(0) + 1e-12
+    z = x / scale
+    cent = [z[rng.integers(len(z))]]
+    for _ in range(1, k):
+        d2 = np.min([((z - c) ** 2).sum(1) for c in cent], axis=0)
+        cent.append(z[rng.choice(len(z), p=d2 / d2.sum())] if d2.sum() > 0 else z[rng.integers(len(z))])
+    cent = np.array(cent)
+    for _ in range(iters):
+        lab = np.argmin(((z[:, None] - cent[None]) ** 2).sum(-1), 1)
+        new = np.array([np.median(z[lab == j], 0) if (lab == j).any() else cent[j] for j in range(k)])
+        if np.allclose(new, cent):
+            break
+        cent = new
+    return cent * scale
+
+
+def _reflection_indices(G: np.ndarray, center, shape, radius: float) -> np.ndarray:
+    """Indices (J, 2) of reflections whose disks lie fully on the detector for
+    every base in ``G`` (K, 2, 2) (with a 3 % margin for strain)."""
+    Qy, Qx = shape
+    gmin = np.linalg.norm(G, axis=1).min()
+    n = int(np.ceil(max(Qy, Qx) / gmin)) + 1
+    h, k = np.meshgrid(np.arange(-n, n + 1), np.arange(-n, n + 1), indexing="ij")
+    hk = np.stack([h.ravel(), k.ravel()], 1)
+    hk = hk[(hk != 0).any(1)]
+    ok = np.ones(len(hk), bool)
+    for Gk in G:
+        for f in (0.97, 1.03):
+            p = np.asarray(center) + f * hk @ Gk.T
+            ok &= (p[:, 0] > radius + 2) & (p[:, 0] < Qx - 3 - radius) & (p[:, 1] > radius + 2) & (p[:, 1] < Qy - 3 - radius)
+    return hk[ok]
+
+
+def fit(
+    data,
+    *,
+    n_classes: int = 1,
+    epochs: int = 3,
+    n_train: int = 1024,
+    n_init: int = 256,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    reg: float = 1e-3,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+) -> tuple[CCSTAE, dict]:
+    """Train a CC-ST-AE on a datacube.
+
+    Parameters
+    ----------
+    data : array-like (Ry, Rx, Qy, Qx)
+    n_classes : number of bases (phases or grain types)
+    epochs : passes over the training sample
+    n_train : patterns drawn (without replacement, seeded) to train on
+    n_init : patterns fitted classically to initialise the bases
+    batch_size, lr : optimiser settings (Adam)
+    reg : weight of the penalty on stretch and shear of ``A``
+    seed : makes the whole fit deterministic
+    device : ``"cpu"`` or ``"cuda"``
+    progress : show progress bars
+
+    Returns
+    -------
+    model : CCSTAE
+    record : dict with the per-epoch ``loss`` and the settings used
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    Gk, radius, center = _init_bases(data, n_classes, n_init, seed, progress)
+    hk = _reflection_indices(Gk, center, data.shape[2:], radius)
+    model = CCSTAE(Gk, hk, radius, 0.5, center).to(device)
+    Ry, Rx = data.shape[:2]
+    idx = np.sort(rng.choice(Ry * Rx, min(n_train, Ry * Rx), replace=False))
+    r, c = np.unravel_index(idx, (Ry, Rx))
+    train = torch.as_tensor(np.stack([np.asarray(data[i, j], dtype=np.float32) for i, j in zip(r, c)])).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    bar = tqdm(range(epochs), desc="ccstae epochs", disable=not progress, leave=False)
+    for _ in bar:
+        perm = torch.as_tensor(rng.permutation(len(train)), device=device)
+        total = 0.0
+        for start in range(0, len(train), batch_size):
+            x = train[perm[start : start + batch_size]]
+            logits, A, origin, params = model(x)
+            fwd, inv = model.cycle_losses(x, A, origin)
+            per_class = fwd + inv + reg * (params[..., :3] ** 2).sum(-1) / 0.05**2
+            # Every base learns a transform for every pattern; a pattern's
+            # class is the base it fits with the least distortion, and mostly
+            # that base's lattice learns from it.
+            distortion = stretch(A.detach())
+            target = distortion.argmin(-1)
+            q = 0.9 * torch.softmax(-distortion / CLASS_SCALE, -1) + 0.1 / model.K
+            loss = (q * per_class).sum(-1).mean() + nn.functional.cross_entropy(logits, target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(x)
+        losses.append(total / len(train))
+        bar.set_postfix(loss=f"{losses[-1]:.4g}")
+    record = dict(loss=losses, epochs=epochs, n_train=len(train), n_init=n_init, batch_size=batch_size, lr=lr,
+                  reg=reg, seed=seed, n_classes=n_classes)
+    return model, record
+
+
+@torch.no_grad()
+def predict(model: CCSTAE, data, *, batch_size: int = 512, refine_iterations: int = 4, device: str = "cpu",
+            progress: bool = False) -> dict[str, np.ndarray]:
+    """Transforms, classes and lattices of every pattern.
+
+    Returns
+    -------
+    dict with ``G`` (Ry, Rx, 2, 2) local reciprocal bases in pixels,
+    ``origin`` (Ry, Rx, 2), ``phase`` (Ry, Rx) class index,
+    ``probabilities`` (Ry, Rx, K), ``rms`` (Ry, Rx) fit residual and
+    ``n_disks`` (Ry, Rx).
+    """
+    model = model.to(device).eval()
+    Ry, Rx, Qy, Qx = data.shape
+    R, s = float(model.radius), float(model.edge)
+    g_all = model.reflections()
+    out = {k: [] for k in ("G", "origin", "phase", "probabilities", "rms", "n_disks")}
+    bar = tqdm(total=Ry * Rx, unit="pattern", desc="ccstae predict", disable=not progress, leave=False)
+    rows = rows_for_budget(data.shape, 32 * 2**20)
+    for _, block in iter_row_blocks(data, rows):
+        flat = torch.as_tensor(block.reshape(-1, Qy, Qx), device=device)
+        for start in range(0, len(flat), batch_size):
+            x = flat[start : start + batch_size]
+            logits, A, origin, _ = model(x)
+            k = logits.argmax(-1)
+            b = torch.arange(len(x), device=device)
+            o, A1, rms, nd = refine_lattice(x, origin[b, k], A[b, k], g_all[k], R, s, iterations=refine_iterations)
+            G = A1 @ model.G[k]
+            # Phase: the base this refined lattice matches with least distortion.
+            distortion = stretch(G[:, None] @ torch.linalg.inv(model.G)[None])
+            out["G"].append(G.cpu().numpy())
+            out["origin"].append(o.cpu().numpy())
+            out["phase"].append(distortion.argmin(-1).cpu().numpy())
+            out["probabilities"].append(torch.softmax(-0.5 * (distortion / CLASS_SCALE) ** 2, -1).cpu().numpy())
+            out["rms"].append(rms.cpu().numpy())
+            out["n_disks"].append(nd.cpu().numpy())
+            bar.update(len(x))
+    bar.close()
+    shapes = {"G": (2, 2), "origin": (2,), "phase": (), "probabilities": (model.K,), "rms": (), "n_disks": ()}
+    return {k: np.concatenate(v).reshape((Ry, Rx) + shapes[k]) for k, v in out.items()}
+
+
+def save(model: CCSTAE, path, record: dict | None = None):
+    """Save a bundle folder (config.json + weights.safetensors)."""
+    config = dict(
+        n_classes=model.K,
+        input_size=model.input_size,
+        n_reflections=int(model.hk.shape[0]),
+        radius=float(model.radius),
+        edge=float(model.edge),
+        training=record or {},
+    )
+    return save_bundle(path, KIND, config, model.state_dict())
+
+
+def load(path) -> CCSTAE:
+    """Load a bundle written by :func:`save`; refuses corrupt or foreign bundles."""
+    config, tensors = load_bundle(path, KIND)
+    model = CCSTAE(tensors["G"].numpy(), tensors["hk"].numpy(), config["radius"], config["edge"],
+                   tensors["center"].numpy(), config["input_size"])
+    model.load_state_dict(tensors)
+    return model.eval()
+
+
+def map_strain(pred: dict, reference=None, max_rms: float | None = None) -> dict:
+    """Strain maps from :func:`predict` output, relative to a reference region.
+
+    The local bases are relabelled to the lattice-equivalent basis closest to
+    the reference's, so symmetry-equivalent transforms give one answer.
+    """
+    G = pred["G"].astype(np.float64)
+    mask = reference_mask(G.shape[:2], reference)
+    ok = np.isfinite(G).all(axis=(-1, -2))
+    G_ref0 = np.median(G[mask & ok], axis=0)
+    G = align_to_reference(G, G_ref0)
+    valid = ok & (pred["n_disks"] >= 3)
+    if max_rms is not None:
+        valid &= pred["rms"] <= max_rms
+    maps, G_ref = strain_maps(G, reference, valid)
+    out = dict(maps)
+    out.update(valid=valid, g1=G[..., :, 0].astype(np.float32), g2=G[..., :, 1].astype(np.float32),
+               origin=pred["origin"].astype(np.float32), g_ref=G_ref, phase=pred["phase"],
+               probabilities=pred["probabilities"].astype(np.float32), rms=pred["rms"].astype(np.float32),
+               n_disks=pred["n_disks"].astype(np.int16))
+    return out

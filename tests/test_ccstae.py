@@ -1,0 +1,98 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from stemae.errors import InputError
+from stemae.geometry import deformation_from_strain
+from stemae.simulate import WS2, heterostructure, simulate_datacube
+from stemae.strain import ccstae
+from stemae.strain.evaluate import strain_errors, truth_strain_maps
+
+
+@pytest.fixture(scope="module")
+def uniform():
+    """Left third unstrained, the rest under one known strain and rotation."""
+    e = dict(e_xx=0.01, e_yy=-0.006, e_xy=0.003, theta=np.radians(0.4))
+    shape = (24, 24)
+    right = np.zeros(shape, bool)
+    right[:, 8:] = True
+    F = deformation_from_strain(*(np.where(right, v, 0.0) for v in e.values()))
+    sim = simulate_datacube(F, np.zeros(shape, int), [WS2], orientation=12.0, dose=1e5, seed=5)
+    return sim, e, right
+
+
+@pytest.fixture(scope="module")
+def fitted(uniform):
+    sim = uniform[0]
+    t = time.perf_counter()
+    model, record = ccstae.fit(sim.data, n_classes=1, n_train=256, epochs=3, seed=1)
+    return model, record, time.perf_counter() - t
+
+
+def test_recovers_uniform_strain_quickly(uniform, fitted):
+    sim, e, right = uniform
+    model, record, t_fit = fitted
+    t = time.perf_counter()
+    m = ccstae.map_strain(ccstae.predict(model, sim.data), reference=((0, 24), (0, 8)))
+    assert t_fit + time.perf_counter() - t < 60
+    assert m["valid"].all()
+    for k in ("e_xx", "e_yy", "e_xy"):
+        assert np.abs(m[k][right] - e[k]).mean() < 2e-3
+        assert abs(np.median(m[k][right]) - e[k]) < 5e-4
+    assert np.abs(m["theta"][right] - np.degrees(e["theta"])).mean() < 0.05
+    assert np.abs(m["origin"] - sim.truth["origin"]).max() < 0.1
+    assert record["loss"][-1] < record["loss"][0]  # training lowered the cycle losses
+
+
+def test_cycle_losses_are_lowest_at_the_true_transform(uniform, fitted):
+    sim = uniform[0]
+    model = fitted[0]
+    x = torch.as_tensor(sim.data[:, 12:].reshape(-1, *sim.data.shape[2:])[:16])
+    G_true = torch.as_tensor(np.stack([sim.truth["g1"][:, 12:], sim.truth["g2"][:, 12:]], -1).reshape(-1, 2, 2)[:16])
+    from stemae.strain.lattice import align_to_reference
+
+    G_true = torch.as_tensor(align_to_reference(G_true.double().numpy(), model.G[0].detach().double().numpy())).float()
+    A_true = (G_true @ torch.linalg.inv(model.G[0].detach()))[:, None]
+    o_true = torch.as_tensor(sim.truth["origin"][:, 12:].reshape(-1, 2)[:16])[:, None]
+    with torch.no_grad():
+        f0, i0 = model.cycle_losses(x, A_true, o_true)
+        f1, i1 = model.cycle_losses(x, A_true * 1.01, o_true)
+        f2, i2 = model.cycle_losses(x, A_true, o_true + 0.5)
+    assert (f1 > f0).all() and (i1 > i0).all()
+    assert (f2 > f0).all() and (i2 > i0).all()
+
+
+def test_bundle_round_trip(tmp_path, uniform, fitted):
+    sim = uniform[0]
+    model, record, _ = fitted
+    path = ccstae.save(model, tmp_path / "bundle", record)
+    back = ccstae.load(path)
+    a = ccstae.predict(model, sim.data[:4])
+    b = ccstae.predict(back, sim.data[:4])
+    np.testing.assert_allclose(a["G"], b["G"], atol=1e-5)
+    (path / "weights.safetensors").write_bytes(b"\0" * 64)
+    with pytest.raises(InputError):
+        ccstae.load(path)
+
+
+def test_deterministic_with_a_seed(uniform):
+    sim = uniform[0]
+    m1, _ = ccstae.fit(sim.data, n_train=64, n_init=64, epochs=1, seed=7)
+    m2, _ = ccstae.fit(sim.data, n_train=64, n_init=64, epochs=1, seed=7)
+    for (k, v1), v2 in zip(m1.state_dict().items(), m2.state_dict().values()):
+        torch.testing.assert_close(v1, v2, rtol=0, atol=0, msg=k)
+
+
+def test_phase_map_of_heterostructure():
+    sim = heterostructure((24, 24), (128, 128), dose=1e4, seed=8)
+    model, _ = ccstae.fit(sim.data, n_classes=2, n_train=256, epochs=3, seed=0)
+    m = ccstae.map_strain(ccstae.predict(model, sim.data), reference=((0, 24), (0, 4)))
+    truth = sim.truth["phase"]
+    # Class 0 is the base with the larger reciprocal cell: WS2, the truth's phase 0.
+    assert (m["phase"] == truth).mean() > 0.98
+    assert m["probabilities"].shape == (24, 24, 2)
+    np.testing.assert_allclose(m["probabilities"].sum(-1), 1, atol=1e-5)
+    err = strain_errors(m, truth_strain_maps(sim.truth, ((0, 24), (0, 4)), m["g_ref"]), m["valid"])
+    assert err["e_xx"] < 3e-3 and err["theta"] < 0.15
