@@ -80,3 +80,50 @@ def test_info_reads_without_loading(tmp_path):
     assert runner.invoke(app, ["simulate", str(d), "--scan", "3x5", "--pattern", "64x80", "--dose", "0"]).exit_code == 0
     r = runner.invoke(app, ["info", str(d)])
     assert r.exit_code == 0 and "(3, 5, 64, 80)" in r.output and "q_pixel_size" in r.output
+
+
+def test_train_then_predict_with_a_bundle(tmp_path):
+    data = tmp_path / "het.h5"
+    assert runner.invoke(app, ["simulate", str(data), "--scan", "16x16", "--dose", "1e5"]).exit_code == 0
+    model = tmp_path / "model"
+    r = runner.invoke(app, ["train", str(data), "--model", str(model), "--classes", "2", "--epochs", "2",
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert (model / "config.json").exists() and (model / "weights.safetensors").exists()
+    out = tmp_path / "res"
+    r = runner.invoke(app, ["predict", str(data), "--model", str(model), "--out", str(out),
+                            "--reference", "0:16,0:3", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    arrays, attrs = read_results(out / "strain.zarr")
+    assert attrs["method"] == "ccstae"
+    assert arrays["probabilities"].shape == (16, 16, 2) and arrays["bases"].shape == (2, 2, 2)
+    from stemae.data import read_datacube
+
+    truth = read_datacube(data).extra["truth"]
+    assert (arrays["phase"] == truth["phase"]).mean() > 0.95
+    for png in ("strain_maps.png", "phase_map.png", "bases.png"):
+        assert (out / png).exists()
+    # A datacube of another detector size is refused with a clear message.
+    other = tmp_path / "other.h5"
+    assert runner.invoke(app, ["simulate", str(other), "--scan", "2x2", "--pattern", "96x96"]).exit_code == 0
+    r = runner.invoke(app, ["predict", str(other), "--model", str(model), "--out", str(tmp_path / "o2")])
+    assert r.exit_code == 2 and "trained on 128x128" in r.output
+
+
+def test_ccstae_is_the_default_and_writes_its_extras(tmp_path):
+    data = tmp_path / "het.zarr"
+    assert runner.invoke(app, ["simulate", str(data), "--scan", "12x12", "--dose", "1e5"]).exit_code == 0
+    out = tmp_path / "res"
+    r = runner.invoke(app, ["strain", str(data), "--out", str(out), "--no-progress", "--epochs", "2"])
+    assert r.exit_code == 0, r.output
+    arrays, attrs = read_results(out / "strain.zarr")
+    assert attrs["method"] == "ccstae" and len(arrays["loss"]) == 2
+    assert (out / "loss.png").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_requested_without_gpu(tmp_path):
+    d = tmp_path / "d.h5"
+    assert runner.invoke(app, ["simulate", str(d), "--scan", "4x4"]).exit_code == 0
+    r = runner.invoke(app, ["strain", str(d), "--device", "cuda", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "no CUDA GPU" in r.output

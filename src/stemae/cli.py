@@ -76,37 +76,104 @@ def simulate(
     typer.echo(f"wrote {out}: {sim.data.shape} {preset}, disk radius {sim.radius:.2f} px")
 
 
+_DEVICE_HELP = "cpu, cuda or auto (a GPU when PyTorch sees one)."
+
+
 @app.command()
 def strain(
     input: Path = typer.Argument(..., help="Datacube: .npy, .h5/.emd (py4DSTEM too), .zarr, .mib, .blo, .dm4, ..."),
     out: Path = typer.Option(Path("stemae-results"), "--out", "-o", help="Output directory."),
-    method: str = typer.Option("xcorr", help="xcorr (template cross-correlation) or com (disk centroids)."),
+    method: str = typer.Option(
+        "ccstae", help="ccstae (learned; trains on the data), xcorr (template cross-correlation) or com (disk centroids)."
+    ),
     reference: Optional[str] = typer.Option(
         None, help="Unstrained reference region R0:R1,C0:C1 (scan rows, cols, end exclusive); default whole scan."
     ),
+    classes: int = typer.Option(1, help="ccstae: number of bases (phases or grain types)."),
+    epochs: int = typer.Option(3, help="ccstae: training epochs."),
+    seed: int = typer.Option(0, help="ccstae: random seed (results are deterministic for a seed)."),
+    device: str = typer.Option("cpu", help=_DEVICE_HELP),
     dataset: Optional[str] = typer.Option(None, help="Dataset (HDF5) or array (zarr) name inside the file."),
     scan_shape: Optional[str] = typer.Option(None, help="Scan shape ROWSxCOLS for a stack of patterns."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
-    """Map strain and rotation; writes OUT/strain.zarr and PNG figures."""
+    """Map strain and rotation (and phase, for ccstae); writes OUT/strain.zarr and PNG figures."""
     from stemae.data import read_datacube
-    from stemae.strain.classical import METHODS
     from stemae.strain.run import run_strain
 
     try:
-        if method not in METHODS:
-            raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         cube = read_datacube(input, dataset=dataset, scan_shape=_shape(scan_shape, "--scan-shape"))
         t0 = time.perf_counter()
-        res = run_strain(cube, out, method=method, reference=_box(reference), progress=progress)
+        res = run_strain(cube, out, method=method, reference=_box(reference), classes=classes, epochs=epochs,
+                         seed=seed, device=device, progress=progress)
     except (InputError, ValueError) as e:
         _fail(e)
-    dt = time.perf_counter() - t0
+    _report(res, time.perf_counter() - t0, out)
+
+
+def _report(res: dict, seconds: float, out: Path) -> None:
     n = res["valid"].size
     typer.echo(
-        f"{n} patterns in {dt:.1f} s ({n / dt:.0f}/s), {res['valid'].mean():.1%} valid; "
+        f"{n} patterns in {seconds:.1f} s ({n / seconds:.0f}/s), {res['valid'].mean():.1%} valid; "
         f"wrote {out / 'strain.zarr'} and figures"
     )
+
+
+@app.command()
+def train(
+    input: Path = typer.Argument(..., help="Datacube to train on."),
+    model: Path = typer.Option(..., "--model", "-m", help="Bundle folder to write (config.json + weights.safetensors)."),
+    classes: int = typer.Option(1, help="Number of bases (phases or grain types)."),
+    epochs: int = typer.Option(3, help="Training epochs."),
+    seed: int = typer.Option(0, help="Random seed."),
+    device: str = typer.Option("cpu", help=_DEVICE_HELP),
+    dataset: Optional[str] = typer.Option(None, help="Dataset or array name inside the file."),
+    scan_shape: Optional[str] = typer.Option(None, help="Scan shape ROWSxCOLS for a stack of patterns."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Train a CC-ST-AE on a datacube and save it as a bundle for `stemae predict`."""
+    from stemae.data import read_datacube
+    from stemae.strain import ccstae
+    from stemae.strain.run import train_model
+
+    try:
+        cube = read_datacube(input, dataset=dataset, scan_shape=_shape(scan_shape, "--scan-shape"))
+        net, record = train_model(cube, classes=classes, epochs=epochs, seed=seed, device=device, progress=progress)
+        ccstae.save(net, model, record)
+    except (InputError, ValueError) as e:
+        _fail(e)
+    typer.echo(f"trained {classes} base(s) in {epochs} epochs, final loss {record['loss'][-1]:.4g}; wrote {model}")
+
+
+@app.command()
+def predict(
+    input: Path = typer.Argument(..., help="Datacube to map."),
+    model: Path = typer.Option(..., "--model", "-m", help="Bundle folder written by `stemae train`."),
+    out: Path = typer.Option(Path("stemae-results"), "--out", "-o", help="Output directory."),
+    reference: Optional[str] = typer.Option(None, help="Reference region R0:R1,C0:C1; default whole scan."),
+    device: str = typer.Option("cpu", help=_DEVICE_HELP),
+    dataset: Optional[str] = typer.Option(None, help="Dataset or array name inside the file."),
+    scan_shape: Optional[str] = typer.Option(None, help="Scan shape ROWSxCOLS for a stack of patterns."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Map strain and phase of a datacube with a trained bundle."""
+    from stemae.data import read_datacube
+    from stemae.strain import ccstae
+    from stemae.strain.run import predict_strain
+
+    try:
+        net = ccstae.load(model)
+        cube = read_datacube(input, dataset=dataset, scan_shape=_shape(scan_shape, "--scan-shape"))
+        if tuple(cube.pattern_shape) != tuple(net.pattern_shape):
+            raise InputError(
+                f"{input}: patterns are {cube.pattern_shape[0]}x{cube.pattern_shape[1]} but the model was trained "
+                f"on {net.pattern_shape[0]}x{net.pattern_shape[1]}"
+            )
+        t0 = time.perf_counter()
+        res = predict_strain(net, cube, out, reference=_box(reference), device=device, progress=progress)
+    except (InputError, ValueError) as e:
+        _fail(e)
+    _report(res, time.perf_counter() - t0, out)
 
 
 @app.command()
@@ -117,10 +184,10 @@ def demo(
     dose: float = typer.Option(1e5, help="Electrons per pattern."),
     seed: int = typer.Option(0, help="Random seed."),
 ):
-    """Simulate a WS2/WSe2 heterostructure, map its strain and score it against the truth."""
+    """Simulate a WS2/WSe2 heterostructure, map strain and phase with ccstae and xcorr, score both."""
     from stemae.data import Datacube, write_datacube
     from stemae.simulate import heterostructure
-    from stemae.strain.evaluate import truth_strain_maps, strain_errors
+    from stemae.strain.evaluate import strain_errors, truth_strain_maps
     from stemae.strain.run import run_strain
     from stemae.viz import plot_strain_maps
 
@@ -130,20 +197,25 @@ def demo(
     reference = ((0, Ry), (0, max(1, Rx // 6)))
     write_datacube(out / "heterostructure.h5", sim.data, sim.calibration, {"truth": sim.truth})
     typer.echo(f"simulated {sim.data.shape} WS2/WSe2 at {dose:.0e} e/pattern in {time.perf_counter() - t0:.1f} s")
-    t1 = time.perf_counter()
-    res = run_strain(Datacube(sim.data, sim.calibration, "demo"), out, method="xcorr", reference=reference,
-                     progress=True)
-    dt = time.perf_counter() - t1
-    truth = truth_strain_maps(sim.truth, reference, res["g_ref"])
+    cube = Datacube(sim.data, sim.calibration, "demo")
+    rows = []
+    for method, sub in (("ccstae", out), ("xcorr", out / "xcorr")):
+        t1 = time.perf_counter()
+        res = run_strain(cube, sub, method=method, reference=reference, classes=2, seed=seed, progress=True)
+        dt = time.perf_counter() - t1
+        err = strain_errors(res, truth_strain_maps(sim.truth, reference, res["g_ref"]), res["valid"])
+        rows.append((method, dt, err, res))
+    truth = truth_strain_maps(sim.truth, reference, rows[0][3]["g_ref"])
     plot_strain_maps(truth, out / "truth_maps.png", title="ground truth")
-    err = strain_errors(res, truth, res["valid"])
-    typer.echo(f"strain mapped at {sim.data.shape[0] * sim.data.shape[1] / dt:.0f} patterns/s")
-    typer.echo("mean absolute error vs ground truth (reference: scan columns 0:%d):" % reference[1][1])
-    for k in ("e_xx", "e_yy", "e_xy"):
-        typer.echo(f"  {k:6s} {err[k]:.2e}")
-    typer.echo(f"  theta  {err['theta']:.3f} deg")
-    typer.echo(f"  valid  {err['valid_fraction']:.1%}")
-    typer.echo(f"results in {out}/: strain.zarr, strain_maps.png, truth_maps.png, reference_lattice.png")
+    typer.echo(f"mean absolute error vs ground truth (reference: scan columns 0:{reference[1][1]}):")
+    typer.echo("  method   seconds   e_xx      e_yy      e_xy      theta(deg)  valid")
+    for method, dt, err, _ in rows:
+        typer.echo(f"  {method:7s} {dt:7.1f}   {err['e_xx']:.2e}  {err['e_yy']:.2e}  {err['e_xy']:.2e}  "
+                   f"{err['theta']:.3f}       {err['valid_fraction']:.0%}")
+    phase = rows[0][3]["phase"]
+    typer.echo(f"ccstae phase map agrees with the truth at {(phase == sim.truth['phase']).mean():.1%} of positions")
+    typer.echo(f"results in {out}/ (ccstae: strain.zarr, strain_maps.png, phase_map.png, bases.png, loss.png; "
+               f"xcorr/ for the classical method; truth_maps.png)")
 
 
 @app.command()

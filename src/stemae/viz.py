@@ -96,3 +96,51 @@ def plot_lattice(pattern: np.ndarray, origin, G: np.ndarray, radius: float, path
     ax.set_ylim(Qy - 0.5, -0.5)
     ax.set_title(title or "reference lattice")
     return _save(fig, path)
+
+
+def plot_phase_map(phase: np.ndarray, probabilities: np.ndarray, path) -> Path:
+    """Phase (class) map and the probability of the chosen class.
+
+    Parameters
+    ----------
+    phase : int (Ry, Rx); probabilities : (Ry, Rx, K)
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4), constrained_layout=True)
+    K = probabilities.shape[-1]
+    im = axes[0].imshow(phase, cmap=plt.get_cmap("tab10", max(K, 2)), vmin=-0.5, vmax=max(K, 2) - 0.5,
+                        interpolation="nearest")
+    fig.colorbar(im, ax=axes[0], ticks=range(max(K, 2)), label="class")
+    axes[0].set_title("phase")
+    im = axes[1].imshow(probabilities.max(-1), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=axes[1], label="probability")
+    axes[1].set_title("class probability")
+    for ax in axes:
+        ax.set_xlabel("scan column")
+        ax.set_ylabel("scan row")
+    return _save(fig, path)
+
+
+def plot_loss(losses, path) -> Path:
+    """Training loss per epoch."""
+    fig, ax = plt.subplots(figsize=(5, 3.5), constrained_layout=True)
+    ax.plot(np.arange(1, len(losses) + 1), losses, "o-")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cycle loss")
+    ax.set_yscale("log")
+    ax.set_title("training")
+    return _save(fig, path)
+
+
+def plot_bases(bases: np.ndarray, hk: np.ndarray, radius: float, shape, center, path) -> Path:
+    """The learned base patterns: disks of the probe radius at each base's
+    reflections. ``bases`` (K, 2, 2) reciprocal bases in pixels."""
+    from stemae.simulate import render_disks
+
+    K = len(bases)
+    fig, axes = plt.subplots(1, K, figsize=(4 * K, 4), constrained_layout=True, squeeze=False)
+    for k, ax in enumerate(axes[0]):
+        pos = np.concatenate([[center], np.asarray(center) + hk @ bases[k].T])[None]
+        img = render_disks(pos, np.ones(pos.shape[:2]), tuple(shape), radius)[0]
+        ax.imshow(img, cmap="gray")
+        ax.set_title(f"base {k}: |g1| {np.linalg.norm(bases[k][:, 0]):.2f} px, |g2| {np.linalg.norm(bases[k][:, 1]):.2f} px")
+    return _save(fig, path)

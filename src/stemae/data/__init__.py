@@ -1,6 +1,6 @@
 """I/O and validation: datacube readers, results stores, block streaming."""
 
-from stemae.data.blocks import iter_row_blocks, rows_for_budget
+from stemae.data.blocks import iter_row_blocks, read_patterns, rows_for_budget
 from stemae.data.calibration import Calibration
 from stemae.data.readers import Datacube, as_datacube_array, read_datacube, write_datacube
 from stemae.data.results import atomic_path, read_results, write_results
@@ -12,6 +12,7 @@ __all__ = [
     "atomic_path",
     "iter_row_blocks",
     "read_datacube",
+    "read_patterns",
     "read_results",
     "rows_for_budget",
     "write_datacube",

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from stemae.data.blocks import iter_row_blocks, rows_for_budget
+from stemae.data.blocks import iter_row_blocks, read_patterns, rows_for_budget
 from stemae.geometry import reference_mask, strain_maps
 from stemae.nn.bundle import load_bundle, save_bundle
 from stemae.nn.lattice import (
@@ -49,7 +49,7 @@ from stemae.nn.lattice import (
     sample_bilinear,
 )
 from stemae.nn.transforms import affine_matrix
-from stemae.strain.classical import _sample_patterns, detect_disks, fit_lattices
+from stemae.strain.classical import detect_disks, fit_lattices
 from stemae.strain.lattice import align_to_reference
 
 KIND = "ccstae"
@@ -99,11 +99,13 @@ class CCSTAE(nn.Module):
     hk : (J, 2) integer reflection indices drawn for every base
     radius, edge : initial disk radius and edge blur, pixels
     center : (x, y) detector position of the central beam for zero translation
+    pattern_shape : (Qy, Qx) detector shape the model was trained on
     input_size : encoder input side
     """
 
-    def __init__(self, G, hk, radius: float, edge: float, center, input_size: int = 32):
+    def __init__(self, G, hk, radius: float, edge: float, center, pattern_shape, input_size: int = 32):
         super().__init__()
+        self.pattern_shape = tuple(int(v) for v in pattern_shape)
         G = torch.as_tensor(np.asarray(G), dtype=torch.float32)
         self.K = G.shape[0]
         self.input_size = input_size
@@ -184,7 +186,7 @@ def _init_bases(data, n_classes: int, n_init: int, seed: int, progress: bool):
     n = min(n_init, Ry * Rx)
     idx = np.sort(rng.choice(Ry * Rx, n, replace=False))
     r, c = np.unravel_index(idx, (Ry, Rx))
-    sample = np.stack([np.asarray(data[i, j], dtype=np.float32) for i, j in zip(r, c)])[:, None]
+    sample = read_patterns(data, r, c)[:, None]
     disks = detect_disks(sample, progress=progress)
     fit = fit_lattices(disks)
     G = fit["G"].reshape(-1, 2, 2)
@@ -272,11 +274,11 @@ def fit(
     rng = np.random.default_rng(seed)
     Gk, radius, center = _init_bases(data, n_classes, n_init, seed, progress)
     hk = _reflection_indices(Gk, center, data.shape[2:], radius)
-    model = CCSTAE(Gk, hk, radius, 0.5, center).to(device)
+    model = CCSTAE(Gk, hk, radius, 0.5, center, data.shape[2:]).to(device)
     Ry, Rx = data.shape[:2]
     idx = np.sort(rng.choice(Ry * Rx, min(n_train, Ry * Rx), replace=False))
     r, c = np.unravel_index(idx, (Ry, Rx))
-    train = torch.as_tensor(np.stack([np.asarray(data[i, j], dtype=np.float32) for i, j in zip(r, c)])).to(device)
+    train = torch.as_tensor(read_patterns(data, r, c)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     bar = tqdm(range(epochs), desc="ccstae epochs", disable=not progress, leave=False)
@@ -298,7 +300,7 @@ def fit(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(x)
+            total += loss.item() * len(x)
         losses.append(total / len(train))
         bar.set_postfix(loss=f"{losses[-1]:.4g}")
     record = dict(loss=losses, epochs=epochs, n_train=len(train), n_init=n_init, batch_size=batch_size, lr=lr,
@@ -353,6 +355,7 @@ def save(model: CCSTAE, path, record: dict | None = None):
     config = dict(
         n_classes=model.K,
         input_size=model.input_size,
+        pattern_shape=list(model.pattern_shape),
         n_reflections=int(model.hk.shape[0]),
         radius=float(model.radius),
         edge=float(model.edge),
@@ -365,7 +368,7 @@ def load(path) -> CCSTAE:
     """Load a bundle written by :func:`save`; refuses corrupt or foreign bundles."""
     config, tensors = load_bundle(path, KIND)
     model = CCSTAE(tensors["G"].numpy(), tensors["hk"].numpy(), config["radius"], config["edge"],
-                   tensors["center"].numpy(), config["input_size"])
+                   tensors["center"].numpy(), config["pattern_shape"], config["input_size"])
     model.load_state_dict(tensors)
     return model.eval()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
-from stemae.data.blocks import iter_row_blocks, rows_for_budget
+from stemae.data.blocks import iter_row_blocks, read_patterns, rows_for_budget
 from stemae.geometry import reference_mask, rotation_matrix, strain_maps
 from stemae.strain.disks import center_of_mass, estimate_probe, find_disks
 from stemae.strain.lattice import align_to_reference, choose_basis, fit_lattice, lattice_points, orientation_search
@@ -26,7 +26,8 @@ def _sample_patterns(data, n: int = 64) -> np.ndarray:
     k = int(np.ceil(np.sqrt(n)))
     rows = np.unique(np.linspace(0, Ry - 1, min(k, Ry)).round().astype(int))
     cols = np.unique(np.linspace(0, Rx - 1, min(k, Rx)).round().astype(int))
-    return np.stack([np.asarray(data[r, c], dtype=np.float32) for r in rows for c in cols])
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    return read_patterns(data, rr.ravel(), cc.ravel())
 
 
 def detect_disks(

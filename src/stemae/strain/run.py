@@ -8,9 +8,13 @@ import numpy as np
 
 from stemae import __version__
 from stemae.data import Datacube, write_results
+from stemae.errors import InputError
 from stemae.geometry import CONVENTIONS, reference_mask
+from stemae.strain import ccstae
 from stemae.strain.classical import map_strain
-from stemae.viz import plot_lattice, plot_strain_maps
+from stemae.viz import plot_bases, plot_lattice, plot_loss, plot_phase_map, plot_strain_maps
+
+METHODS = ("ccstae", "xcorr", "com")
 
 ARRAY_INFO = {
     "e_xx": ("1", "normal strain along x, U_xx - 1"),
@@ -24,34 +28,94 @@ ARRAY_INFO = {
     "n_disks": ("count", "Bragg disks used in the lattice fit besides the central beam"),
     "rms": ("px", "weighted RMS residual of the lattice fit"),
     "com": ("px", "whole-pattern centre of mass (x, y) in detector pixels"),
+    "phase": ("", "class (base) index"),
+    "probabilities": ("", "class probabilities, last axis over bases"),
+    "bases": ("px", "learned base reciprocal bases (K, 2, 2), columns g1, g2"),
+    "loss": ("", "training cycle loss per epoch"),
     "reference": ("", "reference region (unstrained lattice)"),
 }
 
 
-def run_strain(datacube: Datacube, out_dir, *, method: str = "xcorr", reference=None, progress: bool = False) -> dict:
-    """Map strain, then write ``out_dir/strain.zarr`` and PNG figures.
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; a request for an
+    absent GPU is an :class:`InputError`."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA GPU is available to this PyTorch")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise InputError(f"--device must be cpu, cuda or auto, got {device!r}")
+    return device
+
+
+def train_model(datacube: Datacube, *, classes: int = 1, epochs: int = 3, seed: int = 0, device: str = "cpu",
+                progress: bool = False):
+    """Fit a CC-ST-AE on a datacube; returns ``(model, record)``."""
+    return ccstae.fit(datacube.data, n_classes=classes, epochs=epochs, seed=seed, device=resolve_device(device),
+                      progress=progress)
+
+
+def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, device: str = "cpu", progress: bool = False,
+                   record: dict | None = None) -> dict:
+    """Map strain and phase with a trained CC-ST-AE and write the results."""
+    pred = ccstae.predict(model, datacube.data, device=resolve_device(device), progress=progress)
+    res = ccstae.map_strain(pred, reference)
+    res["bases"] = model.G.detach().cpu().numpy()
+    res["radius"] = float(model.radius)
+    res["method"] = "ccstae"
+    if record is not None:
+        res["loss"] = np.asarray(record["loss"], dtype=np.float32)
+    write_strain_results(datacube, out_dir, res, reference, extra_attrs={"training": record or {}})
+    out_dir = Path(out_dir)
+    plot_phase_map(res["phase"], res["probabilities"], out_dir / "phase_map.png")
+    plot_bases(res["bases"], model.hk.cpu().numpy(), res["radius"], datacube.pattern_shape,
+               model.center.cpu().numpy(), out_dir / "bases.png")
+    if record is not None:
+        plot_loss(record["loss"], out_dir / "loss.png")
+    return res
+
+
+def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference=None, classes: int = 1,
+               epochs: int = 3, seed: int = 0, device: str = "cpu", progress: bool = False) -> dict:
+    """Map strain (and phase, for ``ccstae``); write ``out_dir/strain.zarr`` and figures.
 
     Parameters
     ----------
     datacube : Datacube
-    out_dir : directory for ``strain.zarr``, ``strain_maps.png`` and
-        ``reference_lattice.png``
-    method : ``"xcorr"`` or ``"com"``
+    out_dir : directory for ``strain.zarr`` and the PNG figures
+    method : ``"ccstae"`` (trains on the data), ``"xcorr"`` or ``"com"``
     reference : None, bool mask (Ry, Rx) or ((r0, r1), (c0, c1))
+    classes, epochs, seed, device : CC-ST-AE settings
     progress : bool
 
     Returns
     -------
-    The result dict of :func:`stemae.strain.classical.map_strain`.
+    The result dict (maps and metadata).
     """
-    out_dir = Path(out_dir)
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if method == "ccstae":
+        model, record = train_model(datacube, classes=classes, epochs=epochs, seed=seed, device=device,
+                                    progress=progress)
+        return predict_strain(model, datacube, out_dir, reference=reference, device=device, progress=progress,
+                              record=record)
     res = map_strain(datacube.data, method=method, reference=reference, progress=progress)
+    write_strain_results(datacube, out_dir, res, reference)
+    return res
+
+
+def write_strain_results(datacube: Datacube, out_dir, res: dict, reference, extra_attrs: dict | None = None) -> None:
+    """``strain.zarr`` (maps with units and descriptions, conventions and
+    metadata as attributes), ``strain_maps.png`` and ``reference_lattice.png``."""
+    out_dir = Path(out_dir)
     mask = reference_mask(datacube.scan_shape, reference)
     arrays = {k: (res[k], *ARRAY_INFO[k]) for k in ARRAY_INFO if k in res}
     arrays["reference"] = (mask, *ARRAY_INFO["reference"])
     attrs = {
         "conventions": CONVENTIONS,
-        "method": method,
+        "method": res["method"],
         "reference_basis_px": res["g_ref"],
         "disk_radius_px": res["radius"],
         "calibration": datacube.calibration.to_attrs(),
@@ -59,13 +123,14 @@ def run_strain(datacube: Datacube, out_dir, *, method: str = "xcorr", reference=
         "scan_shape": list(datacube.scan_shape),
         "pattern_shape": list(datacube.pattern_shape),
         "stemae_version": __version__,
+        **(extra_attrs or {}),
     }
     write_results(out_dir / "strain.zarr", arrays, attrs)
-    plot_strain_maps(res, out_dir / "strain_maps.png", res["valid"], title=f"strain ({method})")
-    r, c = np.argwhere(mask)[len(np.argwhere(mask)) // 2]
-    G = np.stack([res["g1"][r, c], res["g2"][r, c]], 1)
-    if np.isfinite(G).all():
+    plot_strain_maps(res, out_dir / "strain_maps.png", res["valid"], title=f"strain ({res['method']})")
+    cells = np.argwhere(mask & res["valid"])
+    if len(cells):
+        r, c = cells[len(cells) // 2]
+        G = np.stack([res["g1"][r, c], res["g2"][r, c]], 1)
         pattern = np.asarray(datacube.data[r, c], dtype=np.float32)
         plot_lattice(pattern, res["origin"][r, c], G, res["radius"], out_dir / "reference_lattice.png",
                      title=f"lattice fit at scan ({r}, {c})")
-    return res
