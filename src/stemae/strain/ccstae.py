@@ -46,6 +46,7 @@ from stemae.nn.lattice import (
     gather_windows,
     refine_lattice,
     ring_offsets,
+    ring_rotation,
     sample_bilinear,
 )
 from stemae.nn.transforms import affine_matrix
@@ -334,7 +335,12 @@ def predict(model: CCSTAE, data, *, batch_size: int = 512, refine_iterations: in
             logits, A, origin, _ = model(x)
             k = logits.argmax(-1)
             b = torch.arange(len(x), device=device)
-            o, A1, rms, nd = refine_lattice(x, origin[b, k], A[b, k], g_all[k], R, s, iterations=refine_iterations)
+            A0, o0 = A[b, k], origin[b, k]
+            # Correct the encoder's rotation against the first reflection ring,
+            # so that refinement starts close in any grain orientation.
+            turn = ring_rotation(x, o0, g_all[k] @ A0.transpose(-1, -2), R)
+            A0 = affine_matrix(torch.nn.functional.pad(turn[:, None], (3, 2)))[..., :2] @ A0
+            o, A1, rms, nd = refine_lattice(x, o0, A0, g_all[k], R, s, iterations=refine_iterations)
             G = A1 @ model.G[k]
             # Phase: the base this refined lattice matches with least distortion.
             distortion = stretch(G[:, None] @ torch.linalg.inv(model.G)[None])

@@ -10,7 +10,7 @@ from stemae.strain.lattice import align_to_reference
 COMPONENTS = ("e_xx", "e_yy", "e_xy", "theta")
 
 
-def truth_strain_maps(truth: dict, reference, basis: np.ndarray) -> dict[str, np.ndarray]:
+def truth_strain_maps(truth: dict, reference, basis: np.ndarray, like: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Ground-truth strain maps on the same footing as a measurement.
 
     The true reciprocal bases are re-labelled to the measured basis (so the
@@ -22,13 +22,22 @@ def truth_strain_maps(truth: dict, reference, basis: np.ndarray) -> dict[str, np
     truth : dict with ``g1``, ``g2`` (Ry, Rx, 2) in detector pixels
     reference : reference region, as for :func:`stemae.geometry.reference_mask`
     basis : ndarray (2, 2), the measured reference basis
+    like : ndarray (Ry, Rx, 2, 2), optional
+        Measured bases: where finite, each true basis takes the labelling
+        closest to the measured one. In polycrystals a grain's labelling
+        relative to the reference is a convention (a 90-degree relabelling
+        of a nearly square lattice trades a rotation for a small strain);
+        this compares methods on the physics, not on that choice.
 
     Returns
     -------
     dict of ``e_xx``, ``e_yy``, ``e_xy`` and ``theta`` (degrees), (Ry, Rx).
     """
-    G = np.stack([truth["g1"], truth["g2"]], -1).astype(np.float64)
-    maps, _ = strain_maps(align_to_reference(G, basis), reference)
+    G = align_to_reference(np.stack([truth["g1"], truth["g2"]], -1).astype(np.float64), basis)
+    if like is not None:
+        ok = np.isfinite(like).all(axis=(-1, -2))
+        G[ok] = align_to_reference(G[ok], like[ok])
+    maps, _ = strain_maps(G, reference)
     return maps
 
 

@@ -230,10 +230,11 @@ def align_to_reference(G: np.ndarray, G_ref: np.ndarray) -> np.ndarray:
     rotations by a symmetry angle (60 degrees on hexagonal, 90 on square
     lattices) only relabel the reflections. Choosing the equivalent basis
     nearest the reference makes rotations and strains continuous across a
-    map. Shapes: ``G`` (..., 2, 2), ``G_ref`` (2, 2).
+    map. Shapes: ``G`` (..., 2, 2), ``G_ref`` (2, 2) or, one reference per
+    basis, (..., 2, 2).
     """
     cand = np.einsum("...ij,mjk->...mik", G, _UNIMODULAR)
-    dist = np.linalg.norm(cand - G_ref, axis=(-2, -1))
+    dist = np.linalg.norm(cand - np.asarray(G_ref)[..., None, :, :], axis=(-2, -1))
     dist = np.where(np.isfinite(dist), dist, np.inf)
     i = dist.argmin(-1)
     return np.take_along_axis(cand, i[..., None, None, None], axis=-3)[..., 0, :, :]
