@@ -164,7 +164,12 @@ def reference_mask(scan_shape: tuple[int, int], reference=None) -> np.ndarray:
 
 
 def reference_basis(G: np.ndarray, mask: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """Reference reciprocal basis: element-wise median of ``G`` over a region.
+    """Reference reciprocal basis: robust mean of ``G`` over a region.
+
+    Bases further than four (normal-scaled) median absolute deviations from
+    the element-wise median are dropped as outliers, and the rest averaged.
+    The mean, unlike the median, stays unbiased when the lattice varies
+    across the region and the measurements are noisy.
 
     Parameters
     ----------
@@ -181,7 +186,11 @@ def reference_basis(G: np.ndarray, mask: np.ndarray, valid: np.ndarray | None = 
     sel = sel & np.isfinite(G).all(axis=(-1, -2))
     if not sel.any():
         raise ValueError("the reference region holds no valid lattice fit")
-    return np.median(G[sel], axis=0)
+    g = G[sel]
+    med = np.median(g, axis=0)
+    mad = 1.4826 * np.median(np.abs(g - med), axis=0)
+    keep = (np.abs(g - med) <= 4 * mad + 1e-12 * np.abs(med).max()).all(axis=(-1, -2))
+    return g[keep].mean(axis=0) if keep.any() else med
 
 
 def strain_from_deformation(F: np.ndarray) -> dict[str, np.ndarray]:
@@ -215,7 +224,8 @@ def strain_maps(
     G : ndarray, shape (Ry, Rx, 2, 2)
         Reciprocal bases (columns ``g1``, ``g2``), consistently indexed.
     reference : see :func:`reference_mask`
-        Region whose median lattice is the unstrained reference.
+        Region whose mean lattice (:func:`reference_basis`) is the unstrained
+        reference.
     valid : ndarray of bool, shape (Ry, Rx), optional
         Positions whose fit succeeded; invalid ones get NaN.
 

@@ -121,39 +121,49 @@ def refine_lattice(
     B, H, W = images.shape
     g = reflections.expand(B, -1, -1) if reflections.dim() == 2 else reflections
     g = torch.cat([torch.zeros_like(g[:, :1]), g], 1)  # the central beam is g = 0
-    J = g.shape[1]
     offsets = ring_offsets(radius, edge, images.device)
+    flat_off = offsets[:, 1] * W + offsets[:, 0]  # (P,)
+    half = int(offsets.abs().max())
+    flat_img = images.reshape(-1)
+    pattern_start = torch.arange(B, device=images.device)[:, None] * (H * W)
     origin, A = origin.clone(), A.clone()
-    margin = radius + edge
-    for _ in range(iterations + 1):
-        centers = origin[:, None] + g @ A.transpose(-1, -2)
-        vals, coords, inside = gather_windows(images, centers, offsets)
-        d = coords - centers[:, :, None]
-        r = d.norm(dim=-1).clamp_min(1e-6)
-        prof = disk_profile(r, radius, edge)
-        on = (
-            (centers[..., 0] > margin) & (centers[..., 0] < W - 1 - margin)
-            & (centers[..., 1] > margin) & (centers[..., 1] < H - 1 - margin)
-        )
+    eye = torch.eye(6, dtype=images.dtype, device=images.device)
+    for it in range(iterations + 1):
+        centers = origin[:, None] + g @ A.transpose(-1, -2)  # (B, J, 2)
+        # Disks whose whole window is on the detector; the others get no weight.
+        on = ((centers[..., 0] >= half + 0.5) & (centers[..., 0] <= W - 1.5 - half)
+              & (centers[..., 1] >= half + 0.5) & (centers[..., 1] <= H - 1.5 - half))
         if not use_central:
             on[:, 0] = False
-        w0 = inside.to(images.dtype) * on[..., None]
+        if it == 0:  # one pixel set for all iterations, so the iterations converge
+            base = torch.round(centers)
+        idx = (pattern_start + base[..., 1].long() * W + base[..., 0].long())[..., None] + flat_off
+        vals = flat_img[idx.clamp(0, flat_img.numel() - 1)]
+        dx = (base[..., 0] - centers[..., 0])[..., None] + offsets[:, 0]
+        dy = (base[..., 1] - centers[..., 1])[..., None] + offsets[:, 1]
+        r = torch.sqrt(dx * dx + dy * dy).clamp_min(1e-6)
+        prof = disk_profile(r, radius, edge)
+        w0 = on[..., None].to(images.dtype).expand_as(prof)
         a, c = fit_amplitudes(vals, prof, w0)
         model = a[..., None] * prof + c[..., None]
         w = w0 / (model.clamp_min(0) + noise_floor)
         res = vals - model
-        if _ == iterations:
+        if it == iterations:
             break
-        slope = a[..., None] * disk_profile_slope(r, radius, edge)
-        dmx = -slope * d[..., 0] / r  # dM / dc_x
-        dmy = -slope * d[..., 1] / r
-        gx, gy = g[..., 0, None], g[..., 1, None]
-        jac = torch.stack([dmx, dmy, dmx * gx, dmx * gy, dmy * gx, dmy * gy], -1)  # (B, J, P, 6)
-        jac = jac.reshape(B, -1, 6)
-        wj = (w.reshape(B, -1, 1) * jac).transpose(1, 2)  # (B, 6, J P)
-        hess = wj @ jac
-        grad = (wj @ res.reshape(B, -1, 1)).squeeze(-1)
-        hess = hess + 1e-6 * torch.diagonal(hess, dim1=-2, dim2=-1).mean(-1)[:, None, None] * torch.eye(6, dtype=hess.dtype)
+        # dM/dc = -q d with q = a D'(r) / r: per-disk sums, then the 6x6 system.
+        q = a[..., None] * disk_profile_slope(r, radius, edge) / r
+        k = w * q * q
+        sxx, sxy, syy = (k * dx * dx).sum(-1), (k * dx * dy).sum(-1), (k * dy * dy).sum(-1)
+        kr = -w * q * res
+        tx, ty = (kr * dx).sum(-1), (kr * dy).sum(-1)
+        gx, gy = g[..., 0], g[..., 1]
+        # Parameter order: ox, oy, A00, A01, A10, A11; dc_x/dA0j = g_j, dc_y/dA1j = g_j.
+        ux = torch.stack([torch.ones_like(gx), torch.zeros_like(gx), gx, gy, torch.zeros_like(gx), torch.zeros_like(gx)], -1)
+        uy = torch.stack([torch.zeros_like(gx), torch.ones_like(gx), torch.zeros_like(gx), torch.zeros_like(gx), gx, gy], -1)
+        hess = (torch.einsum("bj,bji,bjk->bik", sxx, ux, ux) + torch.einsum("bj,bji,bjk->bik", sxy, ux, uy)
+                + torch.einsum("bj,bji,bjk->bik", sxy, uy, ux) + torch.einsum("bj,bji,bjk->bik", syy, uy, uy))
+        grad = torch.einsum("bj,bji->bi", tx, ux) + torch.einsum("bj,bji->bi", ty, uy)
+        hess = hess + 1e-6 * torch.diagonal(hess, dim1=-2, dim2=-1).mean(-1)[:, None, None] * eye
         step = torch.linalg.solve(hess, grad)
         origin = origin + step[:, :2].clamp(-2.0, 2.0)
         A = A + step[:, 2:].clamp(-0.05, 0.05).reshape(B, 2, 2)

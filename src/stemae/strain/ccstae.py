@@ -171,7 +171,9 @@ class CCSTAE(nn.Module):
         vals_f = sample_bilinear(patterns, pts)
         # In the base frame a real (unresized) disk appears distorted by A^-1.
         r_f = torch.einsum("bkij,pj->bkpi", A, d).norm(dim=-1).repeat_interleave(J, dim=1)
-        prof_f = disk_profile(r_f, R, s)
+        # Interpolation blurs the sampled input: the disk shape learns from the
+        # inverse cycle only, which reads whole pixels.
+        prof_f = disk_profile(r_f, R.detach(), s.detach())
         a_f, c_f = fit_amplitudes(vals_f, prof_f, w0)
         model_f = a_f[..., None] * prof_f + c_f[..., None]
         w_f = w0 / (model_f.detach().clamp_min(0) + noise_floor)
@@ -310,7 +312,7 @@ def fit(
 
 
 @torch.no_grad()
-def predict(model: CCSTAE, data, *, batch_size: int = 512, refine_iterations: int = 4, device: str = "cpu",
+def predict(model: CCSTAE, data, *, batch_size: int = 512, refine_iterations: int = 3, device: str = "cpu",
             progress: bool = False) -> dict[str, np.ndarray]:
     """Transforms, classes and lattices of every pattern.
 
@@ -323,7 +325,7 @@ def predict(model: CCSTAE, data, *, batch_size: int = 512, refine_iterations: in
     """
     model = model.to(device).eval()
     Ry, Rx, Qy, Qx = data.shape
-    R, s = float(model.radius), float(model.edge)
+    R, s = model.radius.item(), model.edge.item()
     g_all = model.reflections()
     out = {k: [] for k in ("G", "origin", "phase", "probabilities", "rms", "n_disks")}
     bar = tqdm(total=Ry * Rx, unit="pattern", desc="ccstae predict", disable=not progress, leave=False)
@@ -363,8 +365,8 @@ def save(model: CCSTAE, path, record: dict | None = None):
         input_size=model.input_size,
         pattern_shape=list(model.pattern_shape),
         n_reflections=int(model.hk.shape[0]),
-        radius=float(model.radius),
-        edge=float(model.edge),
+        radius=model.radius.item(),
+        edge=model.edge.item(),
         training=record or {},
     )
     return save_bundle(path, KIND, config, model.state_dict())

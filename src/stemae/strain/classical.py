@@ -168,7 +168,7 @@ def map_strain(
         Disk refinement: template cross-correlation (py4DSTEM-like) or
         intensity centroid.
     reference : None, bool mask (Ry, Rx) or ((r0, r1), (c0, c1))
-        Unstrained reference region (median lattice); whole scan by default.
+        Unstrained reference region (robust mean lattice); whole scan by default.
     radius : float, optional
         Disk radius in pixels; estimated by default.
     max_rms : float, optional

@@ -63,7 +63,7 @@ def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, device
     pred = ccstae.predict(model, datacube.data, device=resolve_device(device), progress=progress)
     res = ccstae.map_strain(pred, reference)
     res["bases"] = model.G.detach().cpu().numpy()
-    res["radius"] = float(model.radius)
+    res["radius"] = model.radius.item()
     res["method"] = "ccstae"
     if record is not None:
         res["loss"] = np.asarray(record["loss"], dtype=np.float32)
