@@ -91,7 +91,8 @@ def polar_decomposition(F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     F = np.asarray(F, dtype=np.float64)
     C = np.swapaxes(F, -1, -2) @ F
-    det_F = np.linalg.det(F)
+    with np.errstate(invalid="ignore"):
+        det_F = np.linalg.det(F)
     bad = ~(det_F > 0)
     sq = np.where(bad, np.nan, np.abs(det_F))  # sqrt(det C) = |det F|
     tr = C[..., 0, 0] + C[..., 1, 1]

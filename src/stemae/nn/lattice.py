@@ -109,7 +109,7 @@ def refine_lattice(
     A : (B, 2, 2) initial transforms of the base reflections
     reflections : (J, 2) or (B, J, 2) base reflection vectors ``g_j`` (pixels)
     radius, edge : disk radius and edge blur, pixels
-    iterations : Gauss-Newton steps
+    iterations : Gauss-Newton steps (at least 1)
     use_central : include the central beam (constrains the origin only)
     noise_floor : added to the model in the weights (counts)
 
@@ -128,7 +128,7 @@ def refine_lattice(
     pattern_start = torch.arange(B, device=images.device)[:, None] * (H * W)
     origin, A = origin.clone(), A.clone()
     eye = torch.eye(6, dtype=images.dtype, device=images.device)
-    for it in range(iterations + 1):
+    for it in range(iterations):
         centers = origin[:, None] + g @ A.transpose(-1, -2)  # (B, J, 2)
         # Disks whose whole window is on the detector; the others get no weight.
         on = ((centers[..., 0] >= half + 0.5) & (centers[..., 0] <= W - 1.5 - half)
@@ -148,8 +148,6 @@ def refine_lattice(
         model = a[..., None] * prof + c[..., None]
         w = w0 / (model.clamp_min(0) + noise_floor)
         res = vals - model
-        if it == iterations:
-            break
         # dM/dc = -q d with q = a D'(r) / r: per-disk sums, then the 6x6 system.
         q = a[..., None] * disk_profile_slope(r, radius, edge) / r
         k = w * q * q
@@ -167,6 +165,7 @@ def refine_lattice(
         step = torch.linalg.solve(hess, grad)
         origin = origin + step[:, :2].clamp(-2.0, 2.0)
         A = A + step[:, 2:].clamp(-0.05, 0.05).reshape(B, 2, 2)
+    # Residual of the last linearisation point (one step before the returned fit).
     rms = torch.sqrt((w * res * res).sum((1, 2)) / w.sum((1, 2)).clamp_min(1e-12))
     return origin, A, rms, on[:, 1:].sum(1)
 
