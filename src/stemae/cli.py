@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -76,33 +76,44 @@ def simulate(
     typer.echo(f"wrote {out}: {sim.data.shape} {preset}, disk radius {sim.radius:.2f} px")
 
 
-_DEVICE_HELP = "cpu, cuda or auto (a GPU when PyTorch sees one)."
+DatasetOpt = Annotated[Optional[str], typer.Option(help="Dataset (HDF5) or array (zarr) name inside the file.")]
+ScanShapeOpt = Annotated[Optional[str], typer.Option(help="Scan shape ROWSxCOLS for a stack of patterns.")]
+ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto (a GPU when PyTorch sees one).")]
+ReferenceOpt = Annotated[
+    Optional[str],
+    typer.Option(help="Unstrained reference region R0:R1,C0:C1 (scan rows, cols, end exclusive); default whole scan."),
+]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
+
+
+def _open(input: Path, dataset, scan_shape):
+    from stemae.data import read_datacube
+
+    return read_datacube(input, dataset=dataset, scan_shape=_shape(scan_shape, "--scan-shape"))
 
 
 @app.command()
 def strain(
     input: Path = typer.Argument(..., help="Datacube: .npy, .h5/.emd (py4DSTEM too), .zarr, .mib, .blo, .dm4, ..."),
-    out: Path = typer.Option(Path("stemae-results"), "--out", "-o", help="Output directory."),
+    out: OutOpt = Path("stemae-results"),
     method: str = typer.Option(
         "ccstae", help="ccstae (learned; trains on the data), xcorr (template cross-correlation) or com (disk centroids)."
     ),
-    reference: Optional[str] = typer.Option(
-        None, help="Unstrained reference region R0:R1,C0:C1 (scan rows, cols, end exclusive); default whole scan."
-    ),
+    reference: ReferenceOpt = None,
     classes: int = typer.Option(1, help="ccstae: number of bases (phases or grain types)."),
     epochs: int = typer.Option(3, help="ccstae: training epochs."),
     seed: int = typer.Option(0, help="ccstae: random seed (results are deterministic for a seed)."),
-    device: str = typer.Option("cpu", help=_DEVICE_HELP),
-    dataset: Optional[str] = typer.Option(None, help="Dataset (HDF5) or array (zarr) name inside the file."),
-    scan_shape: Optional[str] = typer.Option(None, help="Scan shape ROWSxCOLS for a stack of patterns."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
+    device: DeviceOpt = "cpu",
+    dataset: DatasetOpt = None,
+    scan_shape: ScanShapeOpt = None,
+    progress: ProgressOpt = True,
 ):
     """Map strain and rotation (and phase, for ccstae); writes OUT/strain.zarr and PNG figures."""
-    from stemae.data import read_datacube
     from stemae.strain.run import run_strain
 
     try:
-        cube = read_datacube(input, dataset=dataset, scan_shape=_shape(scan_shape, "--scan-shape"))
+        cube = _open(input, dataset, scan_shape)
         t0 = time.perf_counter()
         res = run_strain(cube, out, method=method, reference=_box(reference), classes=classes, epochs=epochs,
                          seed=seed, device=device, progress=progress)
@@ -126,18 +137,17 @@ def train(
     classes: int = typer.Option(1, help="Number of bases (phases or grain types)."),
     epochs: int = typer.Option(3, help="Training epochs."),
     seed: int = typer.Option(0, help="Random seed."),
-    device: str = typer.Option("cpu", help=_DEVICE_HELP),
-    dataset: Optional[str] = typer.Option(None, help="Dataset or array name inside the file."),
-    scan_shape: Optional[str] = typer.Option(None, help="Scan shape ROWSxCOLS for a stack of patterns."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
+    device: DeviceOpt = "cpu",
+    dataset: DatasetOpt = None,
+    scan_shape: ScanShapeOpt = None,
+    progress: ProgressOpt = True,
 ):
     """Train a CC-ST-AE on a datacube and save it as a bundle for `stemae predict`."""
-    from stemae.data import read_datacube
     from stemae.strain import ccstae
     from stemae.strain.run import train_model
 
     try:
-        cube = read_datacube(input, dataset=dataset, scan_shape=_shape(scan_shape, "--scan-shape"))
+        cube = _open(input, dataset, scan_shape)
         net, record = train_model(cube, classes=classes, epochs=epochs, seed=seed, device=device, progress=progress)
         ccstae.save(net, model, record)
     except (InputError, ValueError) as e:
@@ -149,21 +159,20 @@ def train(
 def predict(
     input: Path = typer.Argument(..., help="Datacube to map."),
     model: Path = typer.Option(..., "--model", "-m", help="Bundle folder written by `stemae train`."),
-    out: Path = typer.Option(Path("stemae-results"), "--out", "-o", help="Output directory."),
-    reference: Optional[str] = typer.Option(None, help="Reference region R0:R1,C0:C1; default whole scan."),
-    device: str = typer.Option("cpu", help=_DEVICE_HELP),
-    dataset: Optional[str] = typer.Option(None, help="Dataset or array name inside the file."),
-    scan_shape: Optional[str] = typer.Option(None, help="Scan shape ROWSxCOLS for a stack of patterns."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
+    out: OutOpt = Path("stemae-results"),
+    reference: ReferenceOpt = None,
+    device: DeviceOpt = "cpu",
+    dataset: DatasetOpt = None,
+    scan_shape: ScanShapeOpt = None,
+    progress: ProgressOpt = True,
 ):
     """Map strain and phase of a datacube with a trained bundle."""
-    from stemae.data import read_datacube
     from stemae.strain import ccstae
     from stemae.strain.run import predict_strain
 
     try:
         net = ccstae.load(model)
-        cube = read_datacube(input, dataset=dataset, scan_shape=_shape(scan_shape, "--scan-shape"))
+        cube = _open(input, dataset, scan_shape)
         if tuple(cube.pattern_shape) != tuple(net.pattern_shape):
             raise InputError(
                 f"{input}: patterns are {cube.pattern_shape[0]}x{cube.pattern_shape[1]} but the model was trained "
@@ -178,7 +187,7 @@ def predict(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo-results"), "--out", "-o", help="Output directory."),
+    out: OutOpt = Path("demo-results"),
     scan: str = typer.Option("64x64", help="Scan shape."),
     pattern: str = typer.Option("128x128", help="Detector shape."),
     dose: float = typer.Option(1e5, help="Electrons per pattern."),
@@ -221,14 +230,12 @@ def demo(
 @app.command()
 def info(
     input: Path = typer.Argument(..., help="Datacube file."),
-    dataset: Optional[str] = typer.Option(None, help="Dataset or array name."),
-    scan_shape: Optional[str] = typer.Option(None, help="Scan shape ROWSxCOLS for a stack of patterns."),
+    dataset: DatasetOpt = None,
+    scan_shape: ScanShapeOpt = None,
 ):
     """Print a datacube's shape, type and calibration without loading it."""
-    from stemae.data import read_datacube
-
     try:
-        cube = read_datacube(input, dataset=dataset, scan_shape=_shape(scan_shape, "--scan-shape"))
+        cube = _open(input, dataset, scan_shape)
     except InputError as e:
         _fail(e)
     typer.echo(f"source: {cube.source}")
