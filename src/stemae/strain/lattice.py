@@ -228,13 +228,19 @@ def align_to_reference(G: np.ndarray, G_ref: np.ndarray) -> np.ndarray:
 
     A lattice has many bases (``G M`` for integer ``M`` with ``det M = 1``);
     rotations by a symmetry angle (60 degrees on hexagonal, 90 on square
-    lattices) only relabel the reflections. Choosing the equivalent basis
+    lattices) only relabel the reflections. Among the relabellings that are
+    such symmetries (the basis keeps its lengths and angle), choosing the one
     nearest the reference makes rotations and strains continuous across a
     map. Shapes: ``G`` (..., 2, 2), ``G_ref`` (2, 2) or, one reference per
     basis, (..., 2, 2).
     """
     cand = np.einsum("...ij,mjk->...mik", G, _UNIMODULAR)
     dist = np.linalg.norm(cand - np.asarray(G_ref)[..., None, :, :], axis=(-2, -1))
-    dist = np.where(np.isfinite(dist), dist, np.inf)
+    # Only relabellings that are symmetries of the lattice (same lengths and
+    # angle within 5 %), so a sheared basis never passes for a rotated one.
+    metric = np.swapaxes(cand, -1, -2) @ cand
+    own = np.swapaxes(G, -1, -2) @ G
+    same = np.linalg.norm(metric - own[..., None, :, :], axis=(-2, -1)) <= 0.05 * np.linalg.norm(own, axis=(-2, -1))[..., None]
+    dist = np.where(np.isfinite(dist) & same, dist, np.inf)
     i = dist.argmin(-1)
     return np.take_along_axis(cand, i[..., None, None, None], axis=-3)[..., 0, :, :]
