@@ -96,3 +96,16 @@ def test_phase_map_of_heterostructure():
     np.testing.assert_allclose(m["probabilities"].sum(-1), 1, atol=1e-5)
     err = strain_errors(m, truth_strain_maps(sim.truth, ((0, 24), (0, 4)), m["g_ref"]), m["valid"])
     assert err["e_xx"] < 3e-3 and err["theta"] < 0.15
+
+
+def test_polycrystal_in_any_orientation():
+    from stemae.simulate import polycrystal
+
+    sim = polycrystal((20, 20), (128, 128), dose=1e5, n_grains=4, seed=2)
+    ref = sim.truth["grain"] == sim.truth["grain"][10, 10]
+    model, _ = ccstae.fit(sim.data, n_classes=1, n_train=256, epochs=3, seed=0)
+    m = ccstae.map_strain(ccstae.predict(model, sim.data), reference=ref)
+    G = np.stack([m["g1"], m["g2"]], -1)
+    err = strain_errors(m, truth_strain_maps(sim.truth, ref, m["g_ref"], like=G), m["valid"])
+    assert m["valid"].mean() > 0.95
+    assert err["e_xx"] < 1e-3 and err["e_yy"] < 1e-3 and err["theta"] < 0.05

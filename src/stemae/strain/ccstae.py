@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from stemae.data.blocks import iter_row_blocks, read_patterns, rows_for_budget
-from stemae.geometry import reference_mask, strain_maps
+from stemae.geometry import reference_mask, rotation_matrix, strain_maps
 from stemae.nn.bundle import load_bundle, save_bundle
 from stemae.nn.lattice import (
     disk_profile,
@@ -54,6 +54,7 @@ from stemae.strain.classical import detect_disks, fit_lattices
 from stemae.strain.lattice import align_to_reference
 
 KIND = "ccstae"
+RING_TRUST_DEG = 1.5  # encoder rotations within this of the ring estimate are kept
 CLASS_SCALE = 0.01  # distortion (log-stretch norm) that halves a class's weight, about 1 %
 N_OUT = 7  # log_sx, log_sy, shear, cos, sin, tx, ty
 
@@ -181,6 +182,25 @@ class CCSTAE(nn.Module):
         return fwd, inv
 
 
+def seed_rotation(model: CCSTAE, x: torch.Tensor, A: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+    """The encoder's transforms ``(B, K, 2, 2)`` with their rotation corrected
+    against each pattern's first reflection ring
+    (:func:`stemae.nn.lattice.ring_rotation`) where the two disagree by more
+    than ``RING_TRUST_DEG``, so that fits start close in any grain
+    orientation. No gradient flows through the correction."""
+    with torch.no_grad():
+        B, K = A.shape[:2]
+        g = model.reflections()  # (K, J, 2)
+        turned = torch.einsum("kjm,bknm->bkjn", g, A)  # base reflections through A
+        turn = torch.stack([ring_rotation(x, origin[:, k], turned[:, k], model.radius.item()) for k in range(K)], 1)
+        # The ring is good to about a degree; a trained encoder does better,
+        # so only larger disagreements (a grain it has not learnt) are taken.
+        turn = torch.where(turn.abs() > math.radians(RING_TRUST_DEG), turn, torch.zeros_like(turn))
+        c, s = torch.cos(turn), torch.sin(turn)
+        R = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+    return R @ A
+
+
 def _init_bases(data, n_classes: int, n_init: int, seed: int, progress: bool):
     """Base lattices from a classical fit of a sample of patterns, clustered
     into ``n_classes`` groups by their lattice (k-means on the aligned bases)."""
@@ -196,10 +216,18 @@ def _init_bases(data, n_classes: int, n_init: int, seed: int, progress: bool):
     ok = np.isfinite(G).all(axis=(1, 2))
     if ok.sum() < n_classes:
         raise ValueError("too few patterns could be indexed to initialise the bases")
-    G = align_to_reference(G[ok], fit["basis"])
-    feats = G.reshape(len(G), 4)
+    # Cluster lattice *shapes*: turn every lattice so that g1 lies along +x
+    # (grains of one phase in other orientations then fall together), and
+    # give each base the mean orientation of its members.
+    G = align_to_reference(G[ok], G[ok][0])
+    phi = np.arctan2(G[:, 1, 0], G[:, 0, 0])
+    shapes = align_to_reference(rotation_matrix(-phi) @ G, rotation_matrix(-phi[0]) @ G[0])
+    feats = shapes.reshape(len(G), 4)
     centres = _kmeans(feats, n_classes, rng)
-    Gk = centres.reshape(n_classes, 2, 2)
+    label = np.argmin(((feats[:, None] - centres[None]) ** 2).sum(-1), 1)
+    turn = [np.arctan2(np.sin(phi[label == j]).mean(), np.cos(phi[label == j]).mean()) if (label == j).any() else 0.0
+            for j in range(n_classes)]
+    Gk = rotation_matrix(np.array(turn)) @ centres.reshape(n_classes, 2, 2)
     order = np.argsort(-np.abs(np.linalg.det(Gk)))  # class 0: largest reciprocal cell
     return Gk[order], disks["radius"], disks["center"]
 
@@ -291,6 +319,7 @@ def fit(
         for start in range(0, len(train), batch_size):
             x = train[perm[start : start + batch_size]]
             logits, A, origin, params = model(x)
+            A = seed_rotation(model, x, A, origin)
             fwd, inv = model.cycle_losses(x, A, origin)
             per_class = fwd + inv + reg * (params[..., :3] ** 2).sum(-1) / 0.05**2
             # Every base learns a transform for every pattern; a pattern's
@@ -337,11 +366,8 @@ def predict(model: CCSTAE, data, *, batch_size: int = 512, refine_iterations: in
             logits, A, origin, _ = model(x)
             k = logits.argmax(-1)
             b = torch.arange(len(x), device=device)
-            A0, o0 = A[b, k], origin[b, k]
-            # Correct the encoder's rotation against the first reflection ring,
-            # so that refinement starts close in any grain orientation.
-            turn = ring_rotation(x, o0, g_all[k] @ A0.transpose(-1, -2), R)
-            A0 = affine_matrix(torch.nn.functional.pad(turn[:, None], (3, 2)))[..., :2] @ A0
+            A0 = seed_rotation(model, x, A, origin)[b, k]
+            o0 = origin[b, k]
             o, A1, rms, nd = refine_lattice(x, o0, A0, g_all[k], R, s, iterations=refine_iterations)
             G = A1 @ model.G[k]
             # Phase: the base this refined lattice matches with least distortion.
