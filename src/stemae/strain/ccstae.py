@@ -34,6 +34,7 @@ import math
 
 import numpy as np
 import torch
+from scipy.cluster.vq import kmeans2
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -182,17 +183,17 @@ class CCSTAE(nn.Module):
         return fwd, inv
 
 
-def seed_rotation(model: CCSTAE, x: torch.Tensor, A: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
-    """The encoder's transforms ``(B, K, 2, 2)`` with their rotation corrected
-    against each pattern's first reflection ring
-    (:func:`stemae.nn.lattice.ring_rotation`) where the two disagree by more
-    than ``RING_TRUST_DEG``, so that fits start close in any grain
-    orientation. No gradient flows through the correction."""
+def seed_rotation(x: torch.Tensor, A: torch.Tensor, origin: torch.Tensor, reflections: torch.Tensor,
+                  radius: float) -> torch.Tensor:
+    """Transforms ``A`` (B, 2, 2) with their rotation corrected against each
+    pattern's first reflection ring (:func:`stemae.nn.lattice.ring_rotation`)
+    where the two disagree by more than ``RING_TRUST_DEG``, so that fits start
+    close in any grain orientation. ``origin`` (B, 2); ``reflections``
+    (B, J, 2) or (J, 2), the base's. No gradient flows through the correction.
+    """
     with torch.no_grad():
-        B, K = A.shape[:2]
-        g = model.reflections()  # (K, J, 2)
-        turned = torch.einsum("kjm,bknm->bkjn", g, A)  # base reflections through A
-        turn = torch.stack([ring_rotation(x, origin[:, k], turned[:, k], model.radius.item()) for k in range(K)], 1)
+        turned = reflections @ A.transpose(-1, -2)
+        turn = ring_rotation(x, origin, turned, radius)
         # The ring is good to about a degree; a trained encoder does better,
         # so only larger disagreements (a grain it has not learnt) are taken.
         turn = torch.where(turn.abs() > math.radians(RING_TRUST_DEG), turn, torch.zeros_like(turn))
@@ -203,7 +204,7 @@ def seed_rotation(model: CCSTAE, x: torch.Tensor, A: torch.Tensor, origin: torch
 
 def _init_bases(data, n_classes: int, n_init: int, seed: int, progress: bool):
     """Base lattices from a classical fit of a sample of patterns, clustered
-    into ``n_classes`` groups by their lattice (k-means on the aligned bases)."""
+    into ``n_classes`` groups by their lattice shape (k-means)."""
     Ry, Rx = data.shape[:2]
     rng = np.random.default_rng(seed)
     n = min(n_init, Ry * Rx)
@@ -211,43 +212,34 @@ def _init_bases(data, n_classes: int, n_init: int, seed: int, progress: bool):
     r, c = np.unravel_index(idx, (Ry, Rx))
     sample = read_patterns(data, r, c)[:, None]
     disks = detect_disks(sample, progress=progress)
-    fit = fit_lattices(disks)
+    # Index against the lattice of the pattern with the strongest disks (a
+    # Bragg vector map over many grains would mix orientations).
+    best = np.zeros(disks["intensity"].shape[:2], bool)
+    best.flat[int(np.argmax(np.sort(disks["intensity"], axis=-1)[..., -8:-1].sum(-1)))] = True
+    fit = fit_lattices(disks, reference=best)
     G = fit["G"].reshape(-1, 2, 2)
     ok = np.isfinite(G).all(axis=(1, 2))
     if ok.sum() < n_classes:
         raise ValueError("too few patterns could be indexed to initialise the bases")
     # Cluster lattice *shapes*: turn every lattice so that g1 lies along +x
-    # (grains of one phase in other orientations then fall together), and
-    # give each base the mean orientation of its members.
+    # (grains of one phase in other orientations then fall together). Each
+    # base is its members' median shape in the orientation of its most
+    # typical member.
     G = align_to_reference(G[ok], G[ok][0])
     phi = np.arctan2(G[:, 1, 0], G[:, 0, 0])
     shapes = align_to_reference(rotation_matrix(-phi) @ G, rotation_matrix(-phi[0]) @ G[0])
     feats = shapes.reshape(len(G), 4)
-    centres = _kmeans(feats, n_classes, rng)
-    label = np.argmin(((feats[:, None] - centres[None]) ** 2).sum(-1), 1)
-    turn = [np.arctan2(np.sin(phi[label == j]).mean(), np.cos(phi[label == j]).mean()) if (label == j).any() else 0.0
-            for j in range(n_classes)]
-    Gk = rotation_matrix(np.array(turn)) @ centres.reshape(n_classes, 2, 2)
+    scale = feats.std(0) + 1e-12
+    _, label = kmeans2(feats / scale, n_classes, minit="++", seed=seed)
+    Gk = []
+    for j in range(n_classes):
+        members = np.flatnonzero(label == j) if (label == j).any() else np.arange(len(G))
+        shape = np.median(feats[members], axis=0)
+        typical = members[np.argmin(np.abs(feats[members] - shape).sum(1))]
+        Gk.append(rotation_matrix(phi[typical]) @ shape.reshape(2, 2))
+    Gk = np.array(Gk)
     order = np.argsort(-np.abs(np.linalg.det(Gk)))  # class 0: largest reciprocal cell
     return Gk[order], disks["radius"], disks["center"]
-
-
-def _kmeans(x: np.ndarray, k: int, rng, iters: int = 50) -> np.ndarray:
-    """Plain k-means with k-means++ seeding; returns the centres ``(k, d)``."""
-    scale = x.std(0) + 1e-12
-    z = x / scale
-    cent = [z[rng.integers(len(z))]]
-    for _ in range(1, k):
-        d2 = np.min([((z - c) ** 2).sum(1) for c in cent], axis=0)
-        cent.append(z[rng.choice(len(z), p=d2 / d2.sum())] if d2.sum() > 0 else z[rng.integers(len(z))])
-    cent = np.array(cent)
-    for _ in range(iters):
-        lab = np.argmin(((z[:, None] - cent[None]) ** 2).sum(-1), 1)
-        new = np.array([np.median(z[lab == j], 0) if (lab == j).any() else cent[j] for j in range(k)])
-        if np.allclose(new, cent):
-            break
-        cent = new
-    return cent * scale
 
 
 def _reflection_indices(G: np.ndarray, center, shape, radius: float) -> np.ndarray:
@@ -319,7 +311,9 @@ def fit(
         for start in range(0, len(train), batch_size):
             x = train[perm[start : start + batch_size]]
             logits, A, origin, params = model(x)
-            A = seed_rotation(model, x, A, origin)
+            g = model.reflections()
+            A = torch.stack([seed_rotation(x, A[:, k], origin[:, k], g[k], model.radius.item())
+                             for k in range(model.K)], 1)
             fwd, inv = model.cycle_losses(x, A, origin)
             per_class = fwd + inv + reg * (params[..., :3] ** 2).sum(-1) / 0.05**2
             # Every base learns a transform for every pattern; a pattern's
@@ -366,8 +360,8 @@ def predict(model: CCSTAE, data, *, batch_size: int = 512, refine_iterations: in
             logits, A, origin, _ = model(x)
             k = logits.argmax(-1)
             b = torch.arange(len(x), device=device)
-            A0 = seed_rotation(model, x, A, origin)[b, k]
             o0 = origin[b, k]
+            A0 = seed_rotation(x, A[b, k], o0, g_all[k], R)
             o, A1, rms, nd = refine_lattice(x, o0, A0, g_all[k], R, s, iterations=refine_iterations)
             G = A1 @ model.G[k]
             # Phase: the base this refined lattice matches with least distortion.

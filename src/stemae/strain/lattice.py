@@ -74,7 +74,8 @@ def lattice_points(vectors: np.ndarray, weights: np.ndarray, radius: float, exte
 def choose_basis(points: np.ndarray, strength: np.ndarray, min_length: float) -> np.ndarray:
     """A primitive reciprocal basis from mean lattice points.
 
-    ``g1`` is the shortest strong vector (the one closest to +x among those
+    Points weaker than 2 % of the strongest are ignored. ``g1`` is the
+    shortest remaining vector (the one closest to +x among those
     within 5 % of the shortest); ``g2`` is the shortest vector not parallel
     to ``g1`` making a right-handed pair (``det [g1 g2] > 0``), the smallest
     angle from ``g1`` winning ties. In 2D these two shortest independent
@@ -91,7 +92,7 @@ def choose_basis(points: np.ndarray, strength: np.ndarray, min_length: float) ->
     -------
     G : ndarray (2, 2), columns ``g1``, ``g2``.
     """
-    keep = (np.linalg.norm(points, axis=1) > min_length) & (strength >= 0.1 * strength.max())
+    keep = (np.linalg.norm(points, axis=1) > min_length) & (strength >= 0.02 * strength.max())
     pts = points[keep]
     if len(pts) < 2:
         raise ValueError("fewer than two Bragg reflections found in the reference region")
