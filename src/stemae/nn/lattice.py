@@ -123,27 +123,30 @@ def refine_lattice(
     g = torch.cat([torch.zeros_like(g[:, :1]), g], 1)  # the central beam is g = 0
     offsets = ring_offsets(radius, edge, images.device)
     flat_off = offsets[:, 1] * W + offsets[:, 0]  # (P,)
-    half = int(offsets.abs().max())
     flat_img = images.reshape(-1)
     pattern_start = torch.arange(B, device=images.device)[:, None] * (H * W)
     origin, A = origin.clone(), A.clone()
     eye = torch.eye(6, dtype=images.dtype, device=images.device)
     for it in range(iterations):
         centers = origin[:, None] + g @ A.transpose(-1, -2)  # (B, J, 2)
-        # Disks whose whole window is on the detector; the others get no weight.
-        on = ((centers[..., 0] >= half + 0.5) & (centers[..., 0] <= W - 1.5 - half)
-              & (centers[..., 1] >= half + 0.5) & (centers[..., 1] <= H - 1.5 - half))
+        # Disks whose centre is at least a radius inside the detector; pixels
+        # of their windows that fall off it get no weight.
+        on = ((centers[..., 0] >= radius) & (centers[..., 0] <= W - 1 - radius)
+              & (centers[..., 1] >= radius) & (centers[..., 1] <= H - 1 - radius))
         if not use_central:
             on[:, 0] = False
         if it == 0:  # one pixel set for all iterations, so the iterations converge
             base = torch.round(centers)
-        idx = (pattern_start + base[..., 1].long() * W + base[..., 0].long())[..., None] + flat_off
-        vals = flat_img[idx.clamp(0, flat_img.numel() - 1)]
+            bx, by = base[..., 0].long()[..., None], base[..., 1].long()[..., None]
+            inside = ((bx + offsets[:, 0] >= 0) & (bx + offsets[:, 0] < W)
+                      & (by + offsets[:, 1] >= 0) & (by + offsets[:, 1] < H))
+            idx = (pattern_start[..., None] + by * W + bx + flat_off).clamp(0, flat_img.numel() - 1)
+        vals = flat_img[idx]
         dx = (base[..., 0] - centers[..., 0])[..., None] + offsets[:, 0]
         dy = (base[..., 1] - centers[..., 1])[..., None] + offsets[:, 1]
         r = torch.sqrt(dx * dx + dy * dy).clamp_min(1e-6)
         prof = disk_profile(r, radius, edge)
-        w0 = on[..., None].to(images.dtype).expand_as(prof)
+        w0 = (on[..., None] & inside).to(images.dtype)
         a, c = fit_amplitudes(vals, prof, w0)
         model = a[..., None] * prof + c[..., None]
         w = w0 / (model.clamp_min(0) + noise_floor)
@@ -175,23 +178,16 @@ def sample_bilinear(images: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
     pixel coordinates; zero outside. Differentiable in both arguments."""
     B, H, W = images.shape
     shape = xy.shape[1:-1]
-    pts = xy.reshape(B, -1, 2)
-    x0 = torch.floor(pts[..., 0])
-    y0 = torch.floor(pts[..., 1])
-    fx, fy = pts[..., 0] - x0, pts[..., 1] - y0
-    out = 0.0
-    flat_img = images.reshape(-1)
-    bi = torch.arange(B, device=images.device)[:, None]
-    for dx, dy, wgt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-        xi, yi = (x0 + dx).long(), (y0 + dy).long()
-        ok = (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)
-        idx = (bi * H + yi.clamp(0, H - 1)) * W + xi.clamp(0, W - 1)
-        out = out + wgt * flat_img[idx] * ok
+    pts = xy.reshape(B, -1, 1, 2)
+    scale = torch.tensor([2.0 / max(W - 1, 1), 2.0 / max(H - 1, 1)], dtype=xy.dtype, device=xy.device)
+    grid = pts * scale - 1.0
+    out = torch.nn.functional.grid_sample(images.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros",
+                                          align_corners=True)
     return out.reshape((B,) + shape)
 
 
 def ring_rotation(images: torch.Tensor, origin: torch.Tensor, reflections: torch.Tensor, radius: float,
-                  n_angles: int = 360) -> torch.Tensor:
+                  n_angles: int = 180) -> torch.Tensor:
     """In-plane rotation of each pattern's first reflection ring against a base.
 
     The intensity on the ring of the base's shortest reflections (sampled on
