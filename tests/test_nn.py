@@ -46,7 +46,7 @@ def test_refine_recovers_a_known_transform():
     pos = np.concatenate([[o_true], o_true + g @ A_true.T])[None]
     amp = np.r_[5000.0, np.full(len(g), 800.0)][None]
     img = render_disks(pos, amp, (120, 120), 4.5, 0.5)
-    o, A, rms, n = refine_lattice(torch.tensor(img, dtype=torch.float64), torch.tensor([[60.0, 59.0]], dtype=torch.float64),
+    o, A, rms, n, chi2 = refine_lattice(torch.tensor(img, dtype=torch.float64), torch.tensor([[60.0, 59.0]], dtype=torch.float64),
                                   torch.eye(2, dtype=torch.float64)[None], torch.tensor(g, dtype=torch.float64), 4.5, 0.5,
                                   iterations=6)
     np.testing.assert_allclose(A[0].numpy(), A_true, atol=2e-4)

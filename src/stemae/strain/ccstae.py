@@ -56,6 +56,9 @@ from stemae.strain.lattice import align_to_reference
 
 KIND = "ccstae"
 RING_TRUST_DEG = 1.5  # encoder rotations within this of the ring estimate are kept
+RING_GAIN = 0.3  # training: ... and so are those the ring does not clearly improve on
+RING_GAIN_TRY = 0.05  # prediction: a second fit from the ring's turn is tried above this gain
+CHI2_MARGIN = 50.0  # ... and kept if its chi-square is lower by this much (noise gives a few)
 CLASS_SCALE = 0.01  # distortion (log-stretch norm) that halves a class's weight, about 1 %
 N_OUT = 7  # log_sx, log_sy, shear, cos, sin, tx, ty
 
@@ -184,22 +187,26 @@ class CCSTAE(nn.Module):
 
 
 def seed_rotation(x: torch.Tensor, A: torch.Tensor, origin: torch.Tensor, reflections: torch.Tensor,
-                  radius: float) -> torch.Tensor:
-    """Transforms ``A`` (B, 2, 2) with their rotation corrected against each
-    pattern's first reflection ring (:func:`stemae.nn.lattice.ring_rotation`)
-    where the two disagree by more than ``RING_TRUST_DEG``, so that fits start
-    close in any grain orientation. ``origin`` (B, 2); ``reflections``
-    (B, J, 2) or (J, 2), the base's. No gradient flows through the correction.
+                  radius: float, min_gain: float = RING_GAIN) -> tuple[torch.Tensor, torch.Tensor]:
+    """Transforms ``A`` (B, 2, 2) turned to match each pattern's first
+    reflection ring (:func:`stemae.nn.lattice.ring_rotation`) where the two
+    disagree by more than ``RING_TRUST_DEG`` and the turn improves the ring
+    match by more than ``min_gain``, so that fits start close in any grain
+    orientation. ``origin`` (B, 2); ``reflections`` (B, J, 2) or (J, 2), the
+    base's. No gradient flows through the correction.
+
+    Returns
+    -------
+    A : (B, 2, 2), turned where taken; taken : (B,) bool
     """
     with torch.no_grad():
         turned = reflections @ A.transpose(-1, -2)
-        turn = ring_rotation(x, origin, turned, radius)
-        # The ring is good to about a degree; a trained encoder does better,
-        # so only larger disagreements (a grain it has not learnt) are taken.
-        turn = torch.where(turn.abs() > math.radians(RING_TRUST_DEG), turn, torch.zeros_like(turn))
+        turn, gain = ring_rotation(x, origin, turned, radius)
+        taken = (turn.abs() > math.radians(RING_TRUST_DEG)) & (gain > min_gain)
+        turn = torch.where(taken, turn, torch.zeros_like(turn))
         c, s = torch.cos(turn), torch.sin(turn)
         R = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
-    return R @ A
+    return R @ A, taken
 
 
 def _init_bases(data, n_classes: int, n_init: int, seed: int, progress: bool):
@@ -312,7 +319,7 @@ def fit(
             x = train[perm[start : start + batch_size]]
             logits, A, origin, params = model(x)
             g = model.reflections()
-            A = torch.stack([seed_rotation(x, A[:, k], origin[:, k], g[k], model.radius.item())
+            A = torch.stack([seed_rotation(x, A[:, k], origin[:, k], g[k], model.radius.item())[0]
                              for k in range(model.K)], 1)
             fwd, inv = model.cycle_losses(x, A, origin)
             per_class = fwd + inv + reg * (params[..., :3] ** 2).sum(-1) / 0.05**2
@@ -360,9 +367,19 @@ def predict(model: CCSTAE, data, *, batch_size: int = 512, refine_iterations: in
             logits, A, origin, _ = model(x)
             k = logits.argmax(-1)
             b = torch.arange(len(x), device=device)
-            o0 = origin[b, k]
-            A0 = seed_rotation(x, A[b, k], o0, g_all[k], R)
-            o, A1, rms, nd = refine_lattice(x, o0, A0, g_all[k], R, s, iterations=refine_iterations)
+            o0, A0, g = origin[b, k], A[b, k], g_all[k]
+            o, A1, rms, nd, chi2 = refine_lattice(x, o0, A0, g, R, s, iterations=refine_iterations)
+            # Where the first reflection ring suggests another orientation, fit
+            # from there too; keep that fit only if it is decisively better
+            # (a chi-square drop far beyond what fitting noise gives).
+            A_turned, alt = seed_rotation(x, A0, o0, g, R, min_gain=RING_GAIN_TRY)
+            if alt.any():
+                o2, A2, rms2, nd2, chi2b = refine_lattice(x[alt], o0[alt], A_turned[alt], g[alt], R, s,
+                                                          iterations=refine_iterations)
+                better = torch.zeros_like(alt)
+                better[alt] = chi2b < chi2[alt] - CHI2_MARGIN
+                sub = better[alt]
+                o[better], A1[better], rms[better], nd[better] = o2[sub], A2[sub], rms2[sub], nd2[sub]
             G = A1 @ model.G[k]
             # Phase: the base this refined lattice matches with least distortion.
             distortion = stretch(G[:, None] @ torch.linalg.inv(model.G)[None])
