@@ -85,6 +85,9 @@ ReferenceOpt = Annotated[
     typer.Option(help="Unstrained reference region R0:R1,C0:C1 (scan rows, cols, end exclusive); default whole scan."),
 ]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
+ClassesOpt = Annotated[int, typer.Option(help="CC-ST-AE: number of bases (phases or grain types).")]
+EpochsOpt = Annotated[int, typer.Option(help="CC-ST-AE: training epochs.")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed (results are deterministic for a seed).")]
 
 
 def _open(input: Path, dataset, scan_shape):
@@ -101,9 +104,9 @@ def strain(
         "ccstae", help="ccstae (learned; trains on the data), xcorr (template cross-correlation) or com (disk centroids)."
     ),
     reference: ReferenceOpt = None,
-    classes: int = typer.Option(1, help="ccstae: number of bases (phases or grain types)."),
-    epochs: int = typer.Option(3, help="ccstae: training epochs."),
-    seed: int = typer.Option(0, help="ccstae: random seed (results are deterministic for a seed)."),
+    classes: ClassesOpt = 1,
+    epochs: EpochsOpt = 3,
+    seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
     dataset: DatasetOpt = None,
     scan_shape: ScanShapeOpt = None,
@@ -134,9 +137,9 @@ def _report(res: dict, seconds: float, out: Path) -> None:
 def train(
     input: Path = typer.Argument(..., help="Datacube to train on."),
     model: Path = typer.Option(..., "--model", "-m", help="Bundle folder to write (config.json + weights.safetensors)."),
-    classes: int = typer.Option(1, help="Number of bases (phases or grain types)."),
-    epochs: int = typer.Option(3, help="Training epochs."),
-    seed: int = typer.Option(0, help="Random seed."),
+    classes: ClassesOpt = 1,
+    epochs: EpochsOpt = 3,
+    seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
     dataset: DatasetOpt = None,
     scan_shape: ScanShapeOpt = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -124,6 +125,7 @@ def plot_loss(losses, path) -> Path:
     """Training loss per epoch."""
     fig, ax = plt.subplots(figsize=(5, 3.5), constrained_layout=True)
     ax.plot(np.arange(1, len(losses) + 1), losses, "o-")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("cycle loss")
     ax.set_yscale("log")
