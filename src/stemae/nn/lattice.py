@@ -123,11 +123,11 @@ def refine_lattice(
     g = reflections.expand(B, -1, -1) if reflections.dim() == 2 else reflections
     g = torch.cat([torch.zeros_like(g[:, :1]), g], 1)  # the central beam is g = 0
     offsets = ring_offsets(radius, edge, images.device)
-    flat_off = offsets[:, 1] * W + offsets[:, 0]  # (P,)
-    flat_img = images.reshape(-1)
-    pattern_start = torch.arange(B, device=images.device)[:, None] * (H * W)
     origin, A = origin.clone(), A.clone()
     eye = torch.eye(6, dtype=images.dtype, device=images.device)
+    # One pixel set (and so one set of values) for all iterations, so that
+    # the iterations converge.
+    vals, coords, inside = gather_windows(images, origin[:, None] + g @ A.transpose(-1, -2), offsets)
     for it in range(iterations):
         centers = origin[:, None] + g @ A.transpose(-1, -2)  # (B, J, 2)
         # Disks whose centre is at least a radius inside the detector; pixels
@@ -136,15 +136,8 @@ def refine_lattice(
               & (centers[..., 1] >= radius) & (centers[..., 1] <= H - 1 - radius))
         if not use_central:
             on[:, 0] = False
-        if it == 0:  # one pixel set for all iterations, so the iterations converge
-            base = torch.round(centers)
-            bx, by = base[..., 0].long()[..., None], base[..., 1].long()[..., None]
-            inside = ((bx + offsets[:, 0] >= 0) & (bx + offsets[:, 0] < W)
-                      & (by + offsets[:, 1] >= 0) & (by + offsets[:, 1] < H))
-            idx = (pattern_start[..., None] + by * W + bx + flat_off).clamp(0, flat_img.numel() - 1)
-        vals = flat_img[idx]
-        dx = (base[..., 0] - centers[..., 0])[..., None] + offsets[:, 0]
-        dy = (base[..., 1] - centers[..., 1])[..., None] + offsets[:, 1]
+        dx = coords[..., 0] - centers[..., 0, None]
+        dy = coords[..., 1] - centers[..., 1, None]
         r = torch.sqrt(dx * dx + dy * dy).clamp_min(1e-6)
         prof = disk_profile(r, radius, edge)
         w0 = (on[..., None] & inside).to(images.dtype)
