@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.patches
 import matplotlib.ticker
 
 matplotlib.use("Agg")
@@ -121,13 +122,13 @@ def plot_phase_map(phase: np.ndarray, probabilities: np.ndarray, path) -> Path:
     return _save(fig, path)
 
 
-def plot_loss(losses, path) -> Path:
+def plot_loss(losses, path, label: str = "cycle loss") -> Path:
     """Training loss per epoch."""
     fig, ax = plt.subplots(figsize=(5, 3.5), constrained_layout=True)
     ax.plot(np.arange(1, len(losses) + 1), losses, "o-")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("cycle loss")
+    ax.set_ylabel(label)
     ax.set_yscale("log")
     ax.set_title("training")
     return _save(fig, path)
@@ -145,4 +146,78 @@ def plot_bases(bases: np.ndarray, hk: np.ndarray, radius: float, shape, center, 
         img = render_disks(pos, np.ones(pos.shape[:2]), tuple(shape), radius)[0]
         ax.imshow(img, cmap="gray")
         ax.set_title(f"base {k}: |g1| {np.linalg.norm(bases[k][:, 0]):.2f} px, |g2| {np.linalg.norm(bases[k][:, 1]):.2f} px")
+    return _save(fig, path)
+
+
+def _frames_grid(n: int, per_frame: int):
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    return plt.subplots(rows * per_frame, cols, figsize=(3.2 * cols, 3.2 * rows * per_frame),
+                        constrained_layout=True, squeeze=False)
+
+
+def plot_segmentation(images: np.ndarray, maps: dict, names, path) -> Path:
+    """Each frame with its domain types overlaid (one colour per type).
+
+    ``images`` (T, H, W); ``maps`` from :func:`stemae.domains.run.map_domains`."""
+    seg, centres = maps["segmentation"], maps["centres"]
+    K = maps["fractions"].shape[1]
+    cmap = plt.get_cmap("tab10", max(K, 2))
+    fig, axes = _frames_grid(len(images), 1)
+    step = (centres[-1, -1] - centres[0, 0]) / np.maximum(np.array(seg.shape[1:]) - 1, 1) / 2
+    extent = (centres[0, 0, 1] - step[1], centres[0, -1, 1] + step[1],
+              centres[-1, 0, 0] + step[0], centres[0, 0, 0] - step[0])
+    for t, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if t >= len(images):
+            continue
+        lo, hi = _limits(images[t], False)
+        ax.imshow(images[t], cmap="gray", vmin=lo, vmax=hi)
+        ax.imshow(seg[t], cmap=cmap, vmin=-0.5, vmax=max(K, 2) - 0.5, alpha=0.45, extent=extent,
+                  interpolation="nearest")
+        ax.set_title(str(names[t]), fontsize=9)
+    handles = [matplotlib.patches.Patch(color=cmap(k), label=f"type {k}") for k in range(K)]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(K, 8))
+    return _save(fig, path)
+
+
+def plot_domain_latents(maps: dict, names, path, max_frames: int = 4) -> Path:
+    """Per frame: wall orientation, period, anisotropy and the two most
+    active content latents, at the window grid."""
+    T = min(len(names), max_frames)
+    content = maps["content"]
+    active = np.argsort(-np.abs(content).reshape(-1, content.shape[-1]).mean(0))[:2]
+    panels = [("orientation", "wall angle (deg)", "twilight", (-90, 90)),
+              ("period", "period (px)", "viridis", None), ("anisotropy", "anisotropy", "magma", (0, 1))]
+    fig, axes = plt.subplots(T, len(panels) + 2, figsize=(3.0 * (len(panels) + 2), 2.8 * T),
+                             constrained_layout=True, squeeze=False)
+    for t in range(T):
+        items = [(maps[k][t], lab, cm, lim) for k, lab, cm, lim in panels]
+        items += [(content[t, ..., c], f"content {c}", "RdBu_r", None) for c in active]
+        for ax, (img, lab, cm, lim) in zip(axes[t], items):
+            vmin, vmax = lim or _limits(img, cm == "RdBu_r")
+            im = ax.imshow(img, cmap=cm, vmin=vmin, vmax=vmax, interpolation="nearest")
+            fig.colorbar(im, ax=ax, shrink=0.8)
+            ax.set_title(f"{names[t]}: {lab}", fontsize=8)
+            ax.axis("off")
+    return _save(fig, path)
+
+
+def plot_fractions(labels, label_name: str, maps: dict, path) -> Path:
+    """Fraction of each domain type per frame against the frame labels."""
+    frac = maps["fractions"]
+    numeric = all(isinstance(v, (int, float)) for v in labels)
+    x = np.asarray(labels, float) if numeric else np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
+    cmap = plt.get_cmap("tab10", max(frac.shape[1], 2))
+    for k in range(frac.shape[1]):
+        ang = np.nanmedian(maps["type_orientation"][:, k]) if np.isfinite(maps["type_orientation"][:, k]).any() \
+            else float("nan")
+        ax.plot(x, frac[:, k], "o-", color=cmap(k), label=f"type {k} ({ang:.0f} deg)")
+    if not numeric:
+        ax.set_xticks(x, [str(v) for v in labels], rotation=45, ha="right")
+    ax.set_xlabel(label_name)
+    ax.set_ylabel("fraction of windows")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
     return _save(fig, path)

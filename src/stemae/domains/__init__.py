@@ -1,0 +1,21 @@
+"""Domain maps from bright-field STEM images with a windowing autoencoder."""
+
+from stemae.domains.model import DomainAE, fit, l1_weight, load_model, predict, save_model
+from stemae.domains.run import map_domains
+from stemae.domains.segment import cluster_features, domain_statistics, segment
+from stemae.domains.windows import window_centres, window_ffts
+
+__all__ = [
+    "DomainAE",
+    "cluster_features",
+    "domain_statistics",
+    "fit",
+    "l1_weight",
+    "load_model",
+    "map_domains",
+    "predict",
+    "save_model",
+    "segment",
+    "window_centres",
+    "window_ffts",
+]

@@ -1,0 +1,166 @@
+"""Domain maps of an image or a series: windows, autoencoder, segmentation,
+statistics; and the files a run writes."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from stemae.data.results import atomic_path, write_results
+from stemae.domains import model as ae
+from stemae.domains.segment import cluster_features, domain_statistics, segment
+from stemae.domains.windows import window_ffts
+from stemae.errors import InputError
+
+#: Default window side (pixels): three to six periods of typical 8-16 px stripes.
+DEFAULT_WINDOW = 48
+
+
+def map_domains(
+    images,
+    *,
+    window: int | None = None,
+    stride: int | None = None,
+    crop: int = 33,
+    init: ae.DomainAE | None = None,
+    init_window: int | None = None,
+    n_clusters: int | None = None,
+    epochs: int = 20,
+    latent: int = 8,
+    l1: float = 1e-3,
+    l1_start: int = 3,
+    l1_ramp: int = 5,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+) -> tuple[dict[str, np.ndarray], dict, ae.DomainAE]:
+    """Domain maps of a series of images.
+
+    Parameters
+    ----------
+    images : (T, H, W) or (H, W) array
+    window, stride : window side and step in pixels (defaults: the window of
+        ``init`` or :data:`DEFAULT_WINDOW` capped at the image, ``window // 4``)
+    crop : side of the spectra's central crop (odd)
+    init : a trained model to start from; ``epochs=0`` only applies it
+    init_window : the window ``init`` was trained with (its default window)
+    n_clusters : number of domain types; ``None`` chooses it
+    epochs, latent, l1, l1_start, l1_ramp : training, see :func:`stemae.domains.model.fit`
+    seed, device, progress : determinism, torch device, progress bars
+
+    Returns
+    -------
+    maps : dict of arrays: ``centres`` (ny, nx, 2) window centres (y, x) px;
+        per window (T, ny, nx): ``segmentation`` (domain type), ``orientation``
+        (wall angle, degrees), ``period`` (px), ``anisotropy``, ``stretch``,
+        ``shear``, ``error``; ``content`` (T, ny, nx, latent); per frame and
+        type (T, K): ``fractions``, ``type_orientation`` (degrees),
+        ``type_period`` (px)
+    info : dict: ``window``, ``stride``, ``n_clusters``, ``silhouette`` (when
+        chosen) and the training ``record``
+    model : the trained DomainAE
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 2:
+        images = images[None]
+    if window is None:
+        window = init_window or min(DEFAULT_WINDOW, min(images.shape[1:]))
+    stride = max(window // 4, 1) if stride is None else stride
+    if init is not None:
+        crop = init.crop
+    spectra, centres = window_ffts(images, window, stride, crop, device)
+    if init is not None and epochs == 0:
+        model, record = init, {"loss": [], "epochs": 0, "transfer": True}
+    else:
+        model, record = ae.fit(spectra, window, latent=latent, epochs=epochs, l1=l1, l1_start=l1_start,
+                               l1_ramp=l1_ramp, init=init, seed=seed, device=device, progress=progress)
+    maps = ae.predict(model, spectra, window, device=device, progress=progress)
+    lead = maps["orientation"].shape
+    flat = {k: v.reshape(-1, *v.shape[len(lead):]) for k, v in maps.items()}
+    feats = cluster_features(flat["content"], flat["orientation"], flat["anisotropy"])
+    labels, info = segment(feats, flat["anisotropy"], flat["orientation"], n_clusters, seed)
+    maps["segmentation"] = labels.reshape(lead)
+    maps["centres"] = centres
+    stats = domain_statistics(maps["segmentation"], maps["orientation"], maps["period"], info["n_clusters"])
+    maps["fractions"] = stats["fractions"]
+    maps["type_orientation"] = stats["orientation"]
+    maps["type_period"] = stats["period"]
+    info.update(window=int(window), stride=int(stride), crop=int(crop), record=record)
+    return maps, info, model
+
+
+DESCRIPTIONS = {
+    "centres": ("px", "window centres (y, x) in image pixels, shape (ny, nx, 2)"),
+    "segmentation": ("", "domain type of each window (0: least anisotropic, usually domain-free)"),
+    "orientation": ("deg", "domain wall angle from +x towards +y (x along columns, y down rows), [-90, 90)"),
+    "period": ("px", "stripe period"),
+    "anisotropy": ("", "anisotropy of the window spectrum, 0 isotropic to 1 a single direction"),
+    "stretch": ("", "learned residual stretch of the pose (log_sx - log_sy)"),
+    "shear": ("", "learned residual shear of the pose"),
+    "error": ("", "reconstruction mean squared error of the window spectrum"),
+    "content": ("", "content latents of each window, shape (T, ny, nx, latent)"),
+    "fractions": ("", "fraction of windows of each domain type per frame, shape (T, K)"),
+    "type_orientation": ("deg", "mean wall angle of each domain type per frame, shape (T, K)"),
+    "type_period": ("px", "median period of each domain type per frame, shape (T, K)"),
+}
+
+
+def fractions_table(names, labels, maps: dict) -> str:
+    """CSV text: one row per frame with its name, label (e.g. temperature) and,
+    per domain type ``k``, ``fraction_k``, ``orientation_k_deg``, ``period_k_px``."""
+    K = maps["fractions"].shape[1]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["frame", "name", "label"] + [f"{q}_{k}{u}" for k in range(K)
+                                              for q, u in (("fraction", ""), ("orientation", "_deg"),
+                                                           ("period", "_px"))])
+    for t, name in enumerate(names):
+        row = [t, name, labels[t]]
+        for k in range(K):
+            row += [f"{maps['fractions'][t, k]:.4f}", f"{maps['type_orientation'][t, k]:.2f}",
+                    f"{maps['type_period'][t, k]:.2f}"]
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def parse_labels(text: str | None, n_frames: int) -> tuple[list, str]:
+    """Frame labels from ``"25,50,75"`` (numbers or names); frame indices if ``None``.
+
+    Returns ``(labels, kind)`` with ``kind`` ``"number"`` or ``"name"``."""
+    if text is None:
+        return list(range(n_frames)), "number"
+    labels = [s.strip() for s in text.split(",")]
+    if len(labels) != n_frames:
+        raise InputError(f"--labels gives {len(labels)} labels for {n_frames} frames")
+    try:
+        return [float(s) for s in labels], "number"
+    except ValueError:
+        return labels, "name"
+
+
+def write_domain_results(out: Path, images: np.ndarray, names: list[str], labels: list, label_name: str,
+                         maps: dict, info: dict, model: ae.DomainAE) -> dict[str, Path]:
+    """Write ``domains.zarr``, ``fractions.csv``, the model bundle and figures into ``out``."""
+    from stemae import viz
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {k: (maps[k], *DESCRIPTIONS[k]) for k in DESCRIPTIONS}
+    attrs = {"frames": names, "labels": labels, "label_name": label_name,
+             **{k: v for k, v in info.items() if k != "record"}, "training": info["record"]}
+    paths = {"results": write_results(out / "domains.zarr", arrays, attrs)}
+    with atomic_path(out / "fractions.csv") as tmp:
+        tmp.write_text(fractions_table(names, labels, maps))
+    paths["table"] = out / "fractions.csv"
+    ae.save_model(out / "model", model, {"window": info["window"], "stride": info["stride"],
+                                         "training": info["record"]})
+    paths["model"] = out / "model"
+    paths["segmentation"] = viz.plot_segmentation(images, maps, names, out / "segmentation.png")
+    paths["latents"] = viz.plot_domain_latents(maps, names, out / "latent_maps.png")
+    paths["fractions"] = viz.plot_fractions(labels, label_name, maps, out / "fractions.png")
+    if info["record"]["loss"]:
+        paths["loss"] = viz.plot_loss(info["record"]["loss"], out / "loss.png", "reconstruction loss")
+    return paths
