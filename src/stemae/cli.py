@@ -230,6 +230,94 @@ def demo(
                f"xcorr/ for the classical method; truth_maps.png)")
 
 
+@app.command("simulate-domains")
+def simulate_domains(
+    out: Path = typer.Argument(..., help="Output folder: one TIFF per frame plus truth.npz."),
+    temperatures: str = typer.Option("25,50,75,100,125,150,175,200", help="Series temperatures in C."),
+    size: str = typer.Option("1024x1024", help="Image shape, rows x cols."),
+    regions: int = typer.Option(16, help="Domain regions in the field of view."),
+    dose: float = typer.Option(200.0, help="Mean counts per pixel (Poisson); 0 for noise-free."),
+    seed: SeedOpt = 0,
+):
+    """Simulate a temperature series of BF-STEM images of ferroelectric stripe domains with truth."""
+    import numpy as np
+    import tifffile
+
+    from stemae.data.results import atomic_path
+    from stemae.simulate.domains import DOMAIN_TYPES, simulate_domain_series
+
+    try:
+        temps = [float(v) for v in temperatures.split(",")]
+    except ValueError:
+        _fail(InputError(f"--temperatures must be numbers separated by commas, got {temperatures!r}"))
+    sim = simulate_domain_series(temps, _shape(size, "--size"), regions, dose=dose, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for t, img in zip(temps, sim.images):
+        with atomic_path(out / f"frame_{t:g}C.tif") as tmp:
+            tifffile.imwrite(tmp, img)
+    with atomic_path(out / "truth.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, labels=sim.labels, angle=sim.angle, period=sim.period,
+                                temperatures=sim.temperatures, types=np.array(DOMAIN_TYPES))
+    typer.echo(f"wrote {len(temps)} frames {sim.images.shape[1]}x{sim.images.shape[2]} to {out}/ "
+               f"(frame_<T>C.tif, truth.npz); truth fractions per frame:")
+    for t, f in zip(temps, sim.fractions()):
+        typer.echo(f"  {t:6g} C  " + "  ".join(f"{n} {v:.2f}" for n, v in zip(DOMAIN_TYPES, f)))
+
+
+@app.command()
+def domains(
+    images: list[Path] = typer.Argument(..., help="Images: TIFF, PNG, DM3/DM4 or .npy; several files or one stack."),
+    out: OutOpt = Path("domains-results"),
+    labels: Optional[str] = typer.Option(None, help="Frame labels, e.g. temperatures: 25,50,75."),
+    label_name: str = typer.Option("temperature (C)", help="What the labels are, for the table and plot."),
+    window: Optional[int] = typer.Option(None, help="Window side in px (default 48, or the --init model's)."),
+    stride: Optional[int] = typer.Option(None, help="Step between windows in px (default window/4)."),
+    clusters: Optional[int] = typer.Option(None, help="Number of domain types (default: chosen by silhouette)."),
+    epochs: int = typer.Option(20, help="Training epochs (with --init: fine-tuning epochs; 0 applies it)."),
+    latent: int = typer.Option(8, help="Content latents."),
+    l1: float = typer.Option(1e-3, help="Target L1 weight on the content latents."),
+    l1_start: int = typer.Option(3, help="Epochs without L1."),
+    l1_ramp: int = typer.Option(5, help="Epochs over which L1 rises to its target."),
+    init: Optional[Path] = typer.Option(None, help="Start from this trained bundle (transfer learning)."),
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "cpu",
+    progress: ProgressOpt = True,
+):
+    """Map ferroelectric domains in BF-STEM images or a series with the windowing autoencoder."""
+    from stemae.data.images import read_images
+    from stemae.domains.model import load_model
+    from stemae.domains.run import map_domains, parse_labels, write_domain_results
+    from stemae.nn.device import resolve_device
+
+    t0 = time.perf_counter()
+    try:
+        dev = resolve_device(device)
+        stack, names = read_images(images)
+        frame_labels, kind = parse_labels(labels, len(stack))
+        model, cfg = load_model(init, dev) if init is not None else (None, {})
+        maps, info, model = map_domains(stack, window=window, stride=stride, init=model,
+                                        init_window=cfg.get("window"), n_clusters=clusters, epochs=epochs,
+                                        latent=latent, l1=l1, l1_start=l1_start, l1_ramp=l1_ramp, seed=seed,
+                                        device=dev, progress=progress)
+        write_domain_results(out, stack, names, frame_labels, label_name if labels else "frame", maps, info,
+                             model)
+    except (InputError, ValueError) as e:
+        _fail(e)
+    n = maps["segmentation"].size
+    typer.echo(f"{len(stack)} frames, {n} windows of {info['window']} px (stride {info['stride']}), "
+               f"{info['n_clusters']} domain types, {time.perf_counter() - t0:.1f} s")
+    typer.echo("  type  orientation(deg)  period(px)  fraction per frame")
+    for k in range(info["n_clusters"]):
+        import numpy as np
+
+        ang = np.nanmedian(maps["type_orientation"][:, k])
+        per = np.nanmedian(maps["type_period"][:, k])
+        typer.echo(f"  {k:4d}  {ang:16.1f}  {per:10.1f}  " + " ".join(f"{v:.2f}" for v in maps["fractions"][:, k]))
+    typer.echo(f"results in {out}/: domains.zarr, fractions.csv, fractions.png, segmentation.png, "
+               f"latent_maps.png, loss.png, model/")
+
+
 @app.command()
 def info(
     input: Path = typer.Argument(..., help="Datacube file."),

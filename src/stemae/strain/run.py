@@ -9,6 +9,7 @@ import numpy as np
 from stemae import __version__
 from stemae.data import Datacube, write_results
 from stemae.errors import InputError
+from stemae.nn.device import resolve_device
 from stemae.geometry import CONVENTIONS, reference_mask
 from stemae.strain import ccstae
 from stemae.strain.classical import map_strain
@@ -34,20 +35,6 @@ ARRAY_INFO = {
     "loss": ("", "training cycle loss per epoch"),
     "reference": ("", "reference region (unstrained lattice)"),
 }
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; a request for an
-    absent GPU is an :class:`InputError`."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no CUDA GPU is available to this PyTorch")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise InputError(f"--device must be cpu, cuda or auto, got {device!r}")
-    return device
 
 
 def train_model(datacube: Datacube, *, classes: int = 1, epochs: int = 3, seed: int = 0, device: str = "cpu",
