@@ -127,3 +127,46 @@ def test_cuda_requested_without_gpu(tmp_path):
     assert runner.invoke(app, ["simulate", str(d), "--scan", "4x4"]).exit_code == 0
     r = runner.invoke(app, ["strain", str(d), "--device", "cuda", "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "no CUDA GPU" in r.output
+
+
+def test_domains_series_end_to_end(tmp_path):
+    import csv
+
+    sim = tmp_path / "series"
+    r = runner.invoke(app, ["simulate-domains", str(sim), "--temperatures", "25,175", "--size", "384x384",
+                            "--regions", "6", "--seed", "3"])
+    assert r.exit_code == 0, r.output
+    frames = [sim / "frame_25C.tif", sim / "frame_175C.tif"]
+    truth = np.load(sim / "truth.npz")
+    out = tmp_path / "dom"
+    r = runner.invoke(app, ["domains", *map(str, frames), "--labels", "25,175", "--out", str(out),
+                            "--epochs", "6", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    for name in ("domains.zarr", "fractions.csv", "fractions.png", "segmentation.png", "latent_maps.png",
+                 "loss.png", "model/config.json", "model/weights.safetensors"):
+        assert (out / name).exists(), name
+    arrays, attrs = read_results(out / "domains.zarr")
+    assert arrays["segmentation"].shape == (2,) + arrays["centres"].shape[:2]
+    assert attrs["labels"] == [25.0, 175.0] and attrs["frames"] == ["frame_25C.tif", "frame_175C.tif"]
+    rows = list(csv.DictReader(open(out / "fractions.csv")))
+    assert [float(r["label"]) for r in rows] == [25.0, 175.0]
+    # At 175 C most of the field is domain-free (type 0 by construction of the ordering).
+    free_truth = (truth["labels"] == 0).mean((1, 2))
+    free = [float(r["fraction_0"]) for r in rows]
+    np.testing.assert_allclose(free, free_truth, atol=0.1)
+    assert free[1] > free[0]
+    # Transfer: the saved model maps the series again without training.
+    again = tmp_path / "again"
+    r = runner.invoke(app, ["domains", *map(str, frames), "--init", str(out / "model"), "--epochs", "0",
+                            "--out", str(again), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert read_results(again / "domains.zarr")[1]["window"] == 48
+
+
+def test_domains_bad_input_is_one_clear_error(tmp_path):
+    img = tmp_path / "small.npy"
+    np.save(img, np.ones((40, 40), np.float32))
+    r = runner.invoke(app, ["domains", str(img), "--window", "64", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2
+    assert "window 64 px is larger than the image (40x40 px)" in r.output
+    assert not (tmp_path / "o" / "domains.zarr").exists()

@@ -12,12 +12,8 @@ import numpy as np
 from stemae.data.results import atomic_path, write_results
 from stemae.domains import model as ae
 from stemae.domains.segment import cluster_features, domain_statistics, segment
-from stemae.domains.windows import window_ffts
+from stemae.domains.windows import default_window, window_ffts
 from stemae.errors import InputError
-
-#: Default window side (pixels): three to six periods of typical 8-16 px stripes.
-DEFAULT_WINDOW = 48
-
 
 def map_domains(
     images,
@@ -43,7 +39,7 @@ def map_domains(
     ----------
     images : (T, H, W) or (H, W) array
     window, stride : window side and step in pixels (defaults: the window of
-        ``init`` or :data:`DEFAULT_WINDOW` capped at the image, ``window // 4``)
+        ``init`` or :func:`~stemae.domains.windows.default_window`, ``window // 4``)
     crop : side of the spectra's central crop (odd)
     init : a trained model to start from; ``epochs=0`` only applies it
     init_window : the window ``init`` was trained with (its default window)
@@ -67,7 +63,7 @@ def map_domains(
     if images.ndim == 2:
         images = images[None]
     if window is None:
-        window = init_window or min(DEFAULT_WINDOW, min(images.shape[1:]))
+        window = init_window or default_window(images.shape[1:])
     stride = max(window // 4, 1) if stride is None else stride
     if init is not None:
         crop = init.crop

@@ -18,6 +18,8 @@ from stemae.errors import InputError
 
 #: Weight of the orientation features against the content.
 ORIENTATION_WEIGHT = 4.0
+#: Silhouette scores closer than this count as tied; the fewer clusters win.
+SILHOUETTE_TIE = 0.02
 
 
 def cluster_features(content: np.ndarray, orientation: np.ndarray, anisotropy: np.ndarray) -> np.ndarray:
@@ -31,7 +33,9 @@ def cluster_features(content: np.ndarray, orientation: np.ndarray, anisotropy: n
 
 
 def choose_k(features: np.ndarray, k_range=range(2, 9), sample: int = 4000, seed: int = 0) -> tuple[int, dict]:
-    """Number of clusters with the best silhouette score on a seeded sample.
+    """Number of clusters by the silhouette score on a seeded sample: the
+    smallest ``k`` whose score is within :data:`SILHOUETTE_TIE` of the best
+    (splitting one domain type in two barely changes the score).
 
     Returns ``(k, {k: score})``."""
     rng = np.random.default_rng(seed)
@@ -44,7 +48,8 @@ def choose_k(features: np.ndarray, k_range=range(2, 9), sample: int = 4000, seed
         scores[k] = float(silhouette_score(x, lab)) if len(np.unique(lab)) > 1 else -1.0
     if not scores:
         raise InputError(f"too few windows ({len(features)}) to segment")
-    return max(scores, key=scores.get), scores
+    best = max(scores.values())
+    return min(k for k, v in scores.items() if v >= best - SILHOUETTE_TIE), scores
 
 
 def segment(features: np.ndarray, anisotropy: np.ndarray, orientation: np.ndarray, n_clusters: int | None = None,

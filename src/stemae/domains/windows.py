@@ -16,9 +16,13 @@ import torch
 from stemae.errors import InputError
 
 
+#: Default window side (pixels): three to six periods of typical 8-16 px stripes.
+DEFAULT_WINDOW = 48
+
+
 def default_window(shape) -> int:
-    """A window of about a twelfth of the smaller image side, 32 to 128 px, even."""
-    return int(np.clip(min(shape) // 12, 32, 128)) // 2 * 2
+    """:data:`DEFAULT_WINDOW`, or the smaller image side (even) if that is less."""
+    return min(DEFAULT_WINDOW, min(shape)) // 2 * 2
 
 
 def window_starts(size: int, window: int, stride: int) -> np.ndarray:
@@ -104,7 +108,7 @@ def window_ffts(images, window: int | None = None, stride: int | None = None, cr
     out = np.empty((arr.shape[0], len(ys), len(xs), crop, crop), np.float32)
     with torch.no_grad():
         for i, frame in enumerate(arr):
-            x = torch.as_tensor(np.asarray(frame, np.float32), device=device)
+            x = torch.as_tensor(np.ascontiguousarray(frame, np.float32), device=device)
             x = x[:, xs[0]:xs[-1] + window]
             rows = max(1, 4096 // len(xs))
             for r in range(0, len(ys), rows):
