@@ -272,7 +272,7 @@ def fit(
 
 
 @torch.no_grad()
-def predict(model: DomainAE, spectra, window: int, *, batch_size: int = 4096, device: str = "cpu",
+def predict(model: DomainAE, spectra, window: int, *, batch_size: int = 512, device: str = "cpu",
             progress: bool = False) -> dict[str, np.ndarray]:
     """Content, pose maps and reconstruction error of every window.
 
@@ -298,7 +298,7 @@ def predict(model: DomainAE, spectra, window: int, *, batch_size: int = 4096, de
         code = model.encode(x)
         canonical = model.canonical(code["content"])
         recon = warp(canonical, torch.linalg.inv(code["A"]))
-        out = pose_maps(code, prepare(canonical) * model.canon_mask, window)
+        out = pose_maps(code, canonical * (model.canon_mask * annulus(k, device)), window)
         out["content"] = code["content"].cpu().numpy()
         out["error"] = reconstruction_loss(recon, x).cpu().numpy()
         parts.append(out)
