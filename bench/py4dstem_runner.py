@@ -1,7 +1,7 @@
 """Run py4DSTEM's Bragg-disk strain workflow on a .npy datacube.
 
 Runs inside py4DSTEM's own virtual environment (it pins numpy < 2) and
-depends on py4DSTEM and NumPy only. Called by bench_classical.py:
+depends on py4DSTEM and NumPy only. Called by bench_strain.py:
 
     python py4dstem_runner.py settings.json
 
