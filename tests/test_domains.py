@@ -249,3 +249,18 @@ def test_image_formats_read_alike(tmp_path):
     for k in (0, 2, 3):
         np.testing.assert_array_equal(stack[k], img)
     np.testing.assert_array_equal(stack[1], img[::-1])
+
+
+@pytest.mark.parametrize("temperature, n_types", [(25, 3), (200, 1)])
+def test_number_of_types_is_found(temperature, n_types):
+    """A frame with three types (a/c at 0 and 90 degrees, some a/a) and a
+    frame with no domains at all: the silhouette choice finds 3 and 1."""
+    sim = simulate_domain_series((temperature,), shape=(512, 512), n_regions=6, seed=4)
+    assert len(np.unique(sim.labels)) == n_types
+    maps, info, _ = map_domains(sim.images, epochs=6, seed=0)
+    assert info["n_clusters"] == n_types
+    truth = sim.labels_at(maps["centres"])
+    if n_types > 1:
+        assert adjusted_rand_score(truth.ravel(), maps["segmentation"].ravel()) > 0.8
+    else:
+        assert (maps["segmentation"] == 0).all()

@@ -17,9 +17,11 @@ from sklearn.metrics import silhouette_score
 from stemae.errors import InputError
 
 #: Weight of the orientation features against the content.
-ORIENTATION_WEIGHT = 4.0
+ORIENTATION_WEIGHT = 8.0
 #: Silhouette scores closer than this count as tied; the fewer clusters win.
-SILHOUETTE_TIE = 0.02
+SILHOUETTE_TIE = 0.005
+#: Below this best silhouette score the windows show no distinct types: one type.
+MIN_SILHOUETTE = 0.4
 
 
 def cluster_features(content: np.ndarray, orientation: np.ndarray, anisotropy: np.ndarray) -> np.ndarray:
@@ -35,7 +37,9 @@ def cluster_features(content: np.ndarray, orientation: np.ndarray, anisotropy: n
 def choose_k(features: np.ndarray, k_range=range(2, 9), sample: int = 4000, seed: int = 0) -> tuple[int, dict]:
     """Number of clusters by the silhouette score on a seeded sample: the
     smallest ``k`` whose score is within :data:`SILHOUETTE_TIE` of the best
-    (splitting one domain type in two barely changes the score).
+    (splitting one domain type in two can leave the score unchanged), or 1
+    if no ``k`` reaches :data:`MIN_SILHOUETTE` (a split of a single type
+    scores about 0.25 to 0.35; distinct types score 0.55 and more).
 
     Returns ``(k, {k: score})``."""
     rng = np.random.default_rng(seed)
@@ -44,11 +48,13 @@ def choose_k(features: np.ndarray, k_range=range(2, 9), sample: int = 4000, seed
     for k in k_range:
         if k >= len(x):
             break
-        lab = KMeans(k, n_init=4, random_state=seed).fit_predict(x)
+        lab = KMeans(k, n_init=10, random_state=seed).fit_predict(x)
         scores[k] = float(silhouette_score(x, lab)) if len(np.unique(lab)) > 1 else -1.0
     if not scores:
         raise InputError(f"too few windows ({len(features)}) to segment")
     best = max(scores.values())
+    if best < MIN_SILHOUETTE:
+        return 1, scores
     return min(k for k, v in scores.items() if v >= best - SILHOUETTE_TIE), scores
 
 
