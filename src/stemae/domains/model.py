@@ -62,23 +62,32 @@ def prepare(spectra: torch.Tensor) -> torch.Tensor:
 def analytic_pose(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Orientation, peak radius and anisotropy of prepared spectra ``(B, k, k)``.
 
+    Weights are the squared excess of each spectrum over its median. The
+    orientation is the angle of the weighted two-fold (doubled-angle) mean,
+    the peak radius a mean weighted by the fourth power (so the main peak,
+    not its harmonics, counts).
+
     Returns
     -------
     psi : (B,) direction of the dominant wave vector, radians in (-pi/2, pi/2]
     k0 : (B,) radius of the spectral peak, cycles per window
-    anisotropy : (B,) in [0, 1]: 0 for an isotropic spectrum, 1 for a line
+    anisotropy : (B,) in [0, 1], the larger of the two-fold and four-fold
+        order parameters: 0 for an isotropic spectrum, near 1 for one set of
+        stripes; a window across a wall between perpendicular stripe sets has
+        four-fold order although its two-fold means cancel
     """
     g = frequency_grid(x.shape[-1], x.device)
-    r = g.norm(dim=-1).clamp_min(1e-6)
-    cos2, sin2 = (g[..., 0] ** 2 - g[..., 1] ** 2) / r**2, 2 * g[..., 0] * g[..., 1] / r**2
+    theta = torch.atan2(g[..., 1], g[..., 0])
+    r = g.norm(dim=-1)
     w2 = x.clamp_min(0) ** 2
     sw = w2.sum((1, 2)).clamp_min(1e-12)
-    c, s = (w2 * cos2).sum((1, 2)), (w2 * sin2).sum((1, 2))
-    psi = 0.5 * torch.atan2(s, c)
+    c2, s2 = (w2 * torch.cos(2 * theta)).sum((1, 2)), (w2 * torch.sin(2 * theta)).sum((1, 2))
+    c4, s4 = (w2 * torch.cos(4 * theta)).sum((1, 2)), (w2 * torch.sin(4 * theta)).sum((1, 2))
+    psi = 0.5 * torch.atan2(s2, c2)
     w4 = w2 * w2
     k0 = (w4 * r).sum((1, 2)) / w4.sum((1, 2)).clamp_min(1e-12)
     k0 = k0.clamp(R_MIN + 0.5, x.shape[-1] // 2)
-    return psi, k0, torch.hypot(c, s) / sw
+    return psi, k0, torch.maximum(torch.hypot(c2, s2), torch.hypot(c4, s4)) / sw
 
 
 def rotation_scale(psi: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

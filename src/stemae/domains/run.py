@@ -93,7 +93,8 @@ DESCRIPTIONS = {
     "segmentation": ("", "domain type of each window (0: least anisotropic, usually domain-free)"),
     "orientation": ("deg", "domain wall angle from +x towards +y (x along columns, y down rows), [-90, 90)"),
     "period": ("px", "stripe period"),
-    "anisotropy": ("", "anisotropy of the window spectrum, 0 isotropic to 1 a single direction"),
+    "anisotropy": ("", "directional order of the window spectrum, 0 isotropic to 1 one set of stripes "
+                   "(the larger of its two-fold and four-fold order parameters)"),
     "stretch": ("", "learned residual stretch of the pose (log_sx - log_sy)"),
     "shear": ("", "learned residual shear of the pose"),
     "error": ("", "reconstruction mean squared error of the window spectrum"),
