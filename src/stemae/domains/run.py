@@ -8,12 +8,16 @@ import io
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from stemae.data.results import atomic_path, write_results
 from stemae.domains import model as ae
 from stemae.domains.segment import cluster_features, domain_statistics, segment
-from stemae.domains.windows import default_window, window_ffts
+from stemae.domains.windows import check_windowing, default_window, window_ffts
 from stemae.errors import InputError
+
+#: Windows drawn (evenly from the frames, seeded) to train on.
+N_TRAIN = 20000
 
 def map_domains(
     images,
@@ -40,7 +44,7 @@ def map_domains(
     images : (T, H, W) or (H, W) array
     window, stride : window side and step in pixels (defaults: the window of
         ``init`` or :func:`~stemae.domains.windows.default_window`, ``window // 4``)
-    crop : side of the spectra's central crop (odd)
+    crop : side of the spectra's central crop (odd; at most the window's side - 1)
     init : a trained model to start from; ``epochs=0`` only applies it
     init_window : the window ``init`` was trained with (its default window)
     n_clusters : number of domain types; ``None`` chooses it
@@ -65,15 +69,27 @@ def map_domains(
     if window is None:
         window = init_window or default_window(images.shape[1:])
     stride = max(window // 4, 1) if stride is None else stride
-    if init is not None:
-        crop = init.crop
-    spectra, centres = window_ffts(images, window, stride, crop, device)
+    # Spectra are made frame by frame (twice: for the training sample, then
+    # for the maps), so a long series of large images never holds them all.
+    crop = init.crop if init is not None else min(crop, (window - 2) // 2 * 2 + 1)
+    check_windowing(images.shape[1:], window, stride, crop)
     if init is not None and epochs == 0:
         model, record = init, {"loss": [], "epochs": 0, "transfer": True}
     else:
-        model, record = ae.fit(spectra, window, latent=latent, epochs=epochs, l1=l1, l1_start=l1_start,
-                               l1_ramp=l1_ramp, init=init, seed=seed, device=device, progress=progress)
-    maps = ae.predict(model, spectra, window, device=device, progress=progress)
+        rng = np.random.default_rng(seed)
+        per_frame = -(-N_TRAIN // len(images))
+        sample = []
+        for frame in tqdm(images, desc="domains sample", unit="frame", disable=not progress, leave=False):
+            spectra = window_ffts(frame, window, stride, crop, device)[0].reshape(-1, crop, crop)
+            sample.append(spectra[np.sort(rng.choice(len(spectra), min(per_frame, len(spectra)), replace=False))])
+        model, record = ae.fit(np.concatenate(sample), window, latent=latent, epochs=epochs, n_train=N_TRAIN,
+                               l1=l1, l1_start=l1_start, l1_ramp=l1_ramp, init=init, seed=seed, device=device,
+                               progress=progress)
+    parts = []
+    for frame in tqdm(images, desc="domains map", unit="frame", disable=not progress, leave=False):
+        spectra, centres = window_ffts(frame, window, stride, crop, device)
+        parts.append(ae.predict(model, spectra[0], window, device=device))
+    maps = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
     lead = maps["orientation"].shape
     flat = {k: v.reshape(-1, *v.shape[len(lead):]) for k, v in maps.items()}
     feats = cluster_features(flat["content"], flat["orientation"], flat["anisotropy"])

@@ -47,8 +47,10 @@ def check_windowing(shape, window: int, stride: int, crop: int) -> None:
         raise InputError(f"window {window} px is larger than the image ({shape[0]}x{shape[1]} px)")
     if stride < 1:
         raise InputError(f"stride must be at least 1 px, got {stride}")
-    if crop % 2 == 0 or not 5 <= crop <= window - 1:
-        raise InputError(f"crop must be odd and between 5 and window-1 = {window - 1}, got {crop}")
+    if crop % 2 == 0 or crop < 5:
+        raise InputError(f"the spectrum crop must be odd and at least 5, got {crop}")
+    if crop > window - 1:
+        raise InputError(f"window {window} px is too small for {crop}x{crop} spectra: use at least {crop + 1} px")
 
 
 def hann(window: int, device=None) -> torch.Tensor:
