@@ -285,6 +285,8 @@ def domains(
     progress: ProgressOpt = True,
 ):
     """Map ferroelectric domains in BF-STEM images or a series with the windowing autoencoder."""
+    import numpy as np
+
     from stemae.data.images import read_images
     from stemae.domains.model import load_model
     from stemae.domains.run import map_domains, parse_labels, write_domain_results
@@ -307,13 +309,14 @@ def domains(
     n = maps["segmentation"].size
     typer.echo(f"{len(stack)} frames, {n} windows of {info['window']} px (stride {info['stride']}), "
                f"{info['n_clusters']} domain types, {time.perf_counter() - t0:.1f} s")
-    typer.echo("  type  orientation(deg)  period(px)  fraction per frame")
+    typer.echo("  type  order  orientation(deg)  period(px)  fraction per frame")
     for k in range(info["n_clusters"]):
-        import numpy as np
-
-        ang = np.nanmedian(maps["type_orientation"][:, k])
-        per = np.nanmedian(maps["type_period"][:, k])
-        typer.echo(f"  {k:4d}  {ang:16.1f}  {per:10.1f}  " + " ".join(f"{v:.2f}" for v in maps["fractions"][:, k]))
+        ang, per = maps["series_orientation"][k], maps["series_period"][k]
+        order = float(np.median(maps["anisotropy"][maps["segmentation"] == k]))
+        typer.echo(f"  {k:4d}  {order:5.2f}  {ang:16.1f}  {per:10.1f}  "
+                   + " ".join(f"{v:.2f}" for v in maps["fractions"][:, k]))
+    typer.echo("  (order: directional order of the type's spectra, 0 isotropic to 1 one set of stripes; the "
+               "orientation and period of a type with low order mean little)")
     typer.echo(f"results in {out}/: domains.zarr, fractions.csv, fractions.png, segmentation.png, "
                f"latent_maps.png, loss.png, model/")
 

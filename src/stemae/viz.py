@@ -211,8 +211,7 @@ def plot_fractions(labels, label_name: str, maps: dict, path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
     cmap = plt.get_cmap("tab10", max(frac.shape[1], 2))
     for k in range(frac.shape[1]):
-        ang = np.nanmedian(maps["type_orientation"][:, k]) if np.isfinite(maps["type_orientation"][:, k]).any() \
-            else float("nan")
+        ang = maps["series_orientation"][k]
         ax.plot(x, frac[:, k], "o-", color=cmap(k), label=f"type {k} ({ang:.0f} deg)")
     if not numeric:
         ax.set_xticks(x, [str(v) for v in labels], rotation=45, ha="right")

@@ -58,7 +58,8 @@ def map_domains(
         (wall angle, degrees), ``period`` (px), ``anisotropy``, ``stretch``,
         ``shear``, ``error``; ``content`` (T, ny, nx, latent); per frame and
         type (T, K): ``fractions``, ``type_orientation`` (degrees),
-        ``type_period`` (px)
+        ``type_period`` (px); per type over all frames (K,):
+        ``series_orientation``, ``series_period``
     info : dict: ``window``, ``stride``, ``n_clusters``, ``silhouette`` (when
         chosen) and the training ``record``
     model : the trained DomainAE
@@ -100,6 +101,8 @@ def map_domains(
     maps["fractions"] = stats["fractions"]
     maps["type_orientation"] = stats["orientation"]
     maps["type_period"] = stats["period"]
+    maps["series_orientation"] = stats["series_orientation"]
+    maps["series_period"] = stats["series_period"]
     info.update(window=int(window), stride=int(stride), crop=int(crop), record=record)
     return maps, info, model
 
@@ -118,6 +121,8 @@ DESCRIPTIONS = {
     "fractions": ("", "fraction of windows of each domain type per frame, shape (T, K)"),
     "type_orientation": ("deg", "mean wall angle of each domain type per frame, shape (T, K)"),
     "type_period": ("px", "median period of each domain type per frame, shape (T, K)"),
+    "series_orientation": ("deg", "mean wall angle of each domain type over all frames, shape (K,)"),
+    "series_period": ("px", "median period of each domain type over all frames, shape (K,)"),
 }
 
 
