@@ -294,6 +294,8 @@ def domains(
 
     t0 = time.perf_counter()
     try:
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out} exists and is not a folder")
         dev = resolve_device(device)
         stack, names = read_images(images)
         frame_labels, kind = parse_labels(labels, len(stack))
@@ -304,7 +306,7 @@ def domains(
                                         device=dev, progress=progress)
         write_domain_results(out, stack, names, frame_labels, label_name if labels else "frame", maps, info,
                              model)
-    except (InputError, ValueError) as e:
+    except (InputError, ValueError, OSError) as e:
         _fail(e)
     n = maps["segmentation"].size
     typer.echo(f"{len(stack)} frames, {n} windows of {info['window']} px (stride {info['stride']}), "
