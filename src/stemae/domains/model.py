@@ -130,6 +130,9 @@ class DomainAE(nn.Module):
         self.decoder = nn.Sequential(
             nn.Linear(latent, 128), nn.GELU(), nn.Linear(128, 256), nn.GELU(), nn.Linear(256, crop * crop),
         )
+        # In the canonical frame the excluded low frequencies (R_MIN) become a
+        # hole whose size follows the scale; masking a fixed, larger disc keeps
+        # the period out of the content.
         self.register_buffer("canon_mask", (frequency_grid(crop).norm(dim=-1) >= R_CANON * 0.6).float())
         self.register_buffer("limits", torch.tensor(RESIDUAL_LIMITS))
 

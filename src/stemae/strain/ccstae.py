@@ -342,7 +342,7 @@ def fit(
 
 
 @torch.no_grad()
-def predict(model: CCSTAE, data, *, batch_size: int = 512, refine_iterations: int = 3, device: str = "cpu",
+def predict(model: CCSTAE, data, *, batch_size: int = 256, refine_iterations: int = 3, device: str = "cpu",
             progress: bool = False) -> dict[str, np.ndarray]:
     """Transforms, classes and lattices of every pattern.
 
