@@ -97,12 +97,7 @@ def map_domains(
     labels, info = segment(feats, flat["anisotropy"], flat["orientation"], n_clusters, seed)
     maps["segmentation"] = labels.reshape(lead)
     maps["centres"] = centres
-    stats = domain_statistics(maps["segmentation"], maps["orientation"], maps["period"], info["n_clusters"])
-    maps["fractions"] = stats["fractions"]
-    maps["type_orientation"] = stats["orientation"]
-    maps["type_period"] = stats["period"]
-    maps["series_orientation"] = stats["series_orientation"]
-    maps["series_period"] = stats["series_period"]
+    maps.update(domain_statistics(maps["segmentation"], maps["orientation"], maps["period"], info["n_clusters"]))
     info.update(window=int(window), stride=int(stride), crop=int(crop), record=record)
     return maps, info, model
 

@@ -110,10 +110,10 @@ def domain_statistics(labels: np.ndarray, orientation: np.ndarray, period: np.nd
 
     Returns
     -------
-    dict of (T, n_clusters) arrays: ``fractions``, ``orientation`` (degrees,
-    axial mean), ``period`` (pixels, median), NaN where a type is absent;
-    and of (n_clusters,) arrays over the whole series: ``series_orientation``,
-    ``series_period``.
+    dict of (T, n_clusters) arrays: ``fractions``, ``type_orientation``
+    (degrees, axial mean), ``type_period`` (pixels, median), NaN where a type
+    is absent; and of (n_clusters,) arrays over the whole series:
+    ``series_orientation``, ``series_period``.
     """
     T = labels.shape[0]
     frac = np.zeros((T, n_clusters))
@@ -129,5 +129,5 @@ def domain_statistics(labels: np.ndarray, orientation: np.ndarray, period: np.nd
     series_ang = np.array([circular_mean(orientation[labels == k]) for k in range(n_clusters)])
     series_per = np.array([np.median(period[labels == k]) if (labels == k).any() else np.nan
                            for k in range(n_clusters)])
-    return {"fractions": frac, "orientation": ang, "period": per, "series_orientation": series_ang,
+    return {"fractions": frac, "type_orientation": ang, "type_period": per, "series_orientation": series_ang,
             "series_period": series_per}
