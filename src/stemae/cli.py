@@ -285,8 +285,6 @@ def domains(
     progress: ProgressOpt = True,
 ):
     """Map ferroelectric domains in BF-STEM images or a series with the windowing autoencoder."""
-    import numpy as np
-
     from stemae.data.images import read_images
     from stemae.domains.model import load_model
     from stemae.domains.run import map_domains, parse_labels, write_domain_results
@@ -314,7 +312,7 @@ def domains(
     typer.echo("  type  order  orientation(deg)  period(px)  fraction per frame")
     for k in range(info["n_clusters"]):
         ang, per = maps["series_orientation"][k], maps["series_period"][k]
-        order = float(np.median(maps["anisotropy"][maps["segmentation"] == k]))
+        order = maps["series_order"][k]
         typer.echo(f"  {k:4d}  {order:5.2f}  {ang:16.1f}  {per:10.1f}  "
                    + " ".join(f"{v:.2f}" for v in maps["fractions"][:, k]))
     typer.echo("  (order: directional order of the type's spectra, 0 isotropic to 1 one set of stripes; the "

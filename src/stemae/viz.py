@@ -149,11 +149,15 @@ def plot_bases(bases: np.ndarray, hk: np.ndarray, radius: float, shape, center, 
     return _save(fig, path)
 
 
-def _frames_grid(n: int, per_frame: int):
+#: Types whose median directional order is below this are labelled isotropic.
+ISOTROPIC_ORDER = 0.4
+
+
+def _frames_grid(n: int):
+    """A grid of up to four columns for ``n`` frames: ``(fig, axes)``."""
     cols = min(n, 4)
     rows = -(-n // cols)
-    return plt.subplots(rows * per_frame, cols, figsize=(3.2 * cols, 3.2 * rows * per_frame),
-                        constrained_layout=True, squeeze=False)
+    return plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), constrained_layout=True, squeeze=False)
 
 
 def plot_segmentation(images: np.ndarray, maps: dict, names, path) -> Path:
@@ -163,7 +167,7 @@ def plot_segmentation(images: np.ndarray, maps: dict, names, path) -> Path:
     seg, centres = maps["segmentation"], maps["centres"]
     K = maps["fractions"].shape[1]
     cmap = plt.get_cmap("tab10", max(K, 2))
-    fig, axes = _frames_grid(len(images), 1)
+    fig, axes = _frames_grid(len(images))
     step = (centres[-1, -1] - centres[0, 0]) / np.maximum(np.array(seg.shape[1:]) - 1, 1) / 2
     extent = (centres[0, 0, 1] - step[1], centres[0, -1, 1] + step[1],
               centres[-1, 0, 0] + step[0], centres[0, 0, 0] - step[0])
@@ -211,8 +215,9 @@ def plot_fractions(labels, label_name: str, maps: dict, path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
     cmap = plt.get_cmap("tab10", max(frac.shape[1], 2))
     for k in range(frac.shape[1]):
-        ang = maps["series_orientation"][k]
-        ax.plot(x, frac[:, k], "o-", color=cmap(k), label=f"type {k} ({ang:.0f} deg)")
+        isotropic = maps["series_order"][k] < ISOTROPIC_ORDER
+        what = "isotropic" if isotropic else f"walls at {maps['series_orientation'][k]:.0f} deg"
+        ax.plot(x, frac[:, k], "o-", color=cmap(k), label=f"type {k} ({what})")
     if not numeric:
         ax.set_xticks(x, [str(v) for v in labels], rotation=45, ha="right")
     ax.set_xlabel(label_name)

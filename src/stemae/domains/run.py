@@ -59,7 +59,7 @@ def map_domains(
         ``shear``, ``error``; ``content`` (T, ny, nx, latent); per frame and
         type (T, K): ``fractions``, ``type_orientation`` (degrees),
         ``type_period`` (px); per type over all frames (K,):
-        ``series_orientation``, ``series_period``
+        ``series_orientation``, ``series_period``, ``series_order``
     info : dict: ``window``, ``stride``, ``n_clusters``, ``silhouette`` (when
         chosen) and the training ``record``
     model : the trained DomainAE
@@ -97,7 +97,8 @@ def map_domains(
     labels, info = segment(feats, flat["anisotropy"], flat["orientation"], n_clusters, seed)
     maps["segmentation"] = labels.reshape(lead)
     maps["centres"] = centres
-    maps.update(domain_statistics(maps["segmentation"], maps["orientation"], maps["period"], info["n_clusters"]))
+    maps.update(domain_statistics(maps["segmentation"], maps["orientation"], maps["period"], maps["anisotropy"],
+                                  info["n_clusters"]))
     info.update(window=int(window), stride=int(stride), crop=int(crop), record=record)
     return maps, info, model
 
@@ -118,6 +119,7 @@ DESCRIPTIONS = {
     "type_period": ("px", "median period of each domain type per frame, shape (T, K)"),
     "series_orientation": ("deg", "mean wall angle of each domain type over all frames, shape (K,)"),
     "series_period": ("px", "median period of each domain type over all frames, shape (K,)"),
+    "series_order": ("", "median directional order of each domain type over all frames, shape (K,)"),
 }
 
 

@@ -99,13 +99,13 @@ def circular_mean(orientation: np.ndarray) -> float:
     return float(np.rad2deg(np.arctan2(np.sin(t).mean(), np.cos(t).mean())) / 2)
 
 
-def domain_statistics(labels: np.ndarray, orientation: np.ndarray, period: np.ndarray,
+def domain_statistics(labels: np.ndarray, orientation: np.ndarray, period: np.ndarray, anisotropy: np.ndarray,
                       n_clusters: int) -> dict[str, np.ndarray]:
     """Per frame and domain type: fraction of windows, mean orientation, mean period.
 
     Parameters
     ----------
-    labels, orientation, period : (T, ny, nx)
+    labels, orientation, period, anisotropy : (T, ny, nx)
     n_clusters : number of domain types
 
     Returns
@@ -113,7 +113,8 @@ def domain_statistics(labels: np.ndarray, orientation: np.ndarray, period: np.nd
     dict of (T, n_clusters) arrays: ``fractions``, ``type_orientation``
     (degrees, axial mean), ``type_period`` (pixels, median), NaN where a type
     is absent; and of (n_clusters,) arrays over the whole series:
-    ``series_orientation``, ``series_period``.
+    ``series_orientation``, ``series_period``, ``series_order`` (median
+    anisotropy: near 0 for domain-free windows).
     """
     T = labels.shape[0]
     frac = np.zeros((T, n_clusters))
@@ -127,7 +128,7 @@ def domain_statistics(labels: np.ndarray, orientation: np.ndarray, period: np.nd
                 ang[t, k] = circular_mean(orientation[t][m])
                 per[t, k] = np.median(period[t][m])
     series_ang = np.array([circular_mean(orientation[labels == k]) for k in range(n_clusters)])
-    series_per = np.array([np.median(period[labels == k]) if (labels == k).any() else np.nan
-                           for k in range(n_clusters)])
+    series_per, series_order = (np.array([np.median(v[labels == k]) if (labels == k).any() else np.nan
+                                          for k in range(n_clusters)]) for v in (period, anisotropy))
     return {"fractions": frac, "type_orientation": ang, "type_period": per, "series_orientation": series_ang,
-            "series_period": series_per}
+            "series_period": series_per, "series_order": series_order}
