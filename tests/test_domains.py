@@ -123,8 +123,8 @@ def test_l1_schedule():
 def test_l1_makes_content_sparse(images):
     spectra, _ = window_ffts(images.images[:1], window=48, stride=24)
     kwargs = dict(epochs=6, l1_start=1, l1_ramp=2, seed=0, latent=8)
-    plain, rec0 = ae.fit(spectra, 48, l1=0.0, **kwargs)
-    sparse, rec1 = ae.fit(spectra, 48, l1=0.05, **kwargs)
+    plain, rec0 = ae.fit(spectra, l1=0.0, **kwargs)
+    sparse, rec1 = ae.fit(spectra, l1=0.05, **kwargs)
     assert rec1["l1_weight"] == [0.0, 0.025, 0.05, 0.05, 0.05, 0.05]
     z0 = np.abs(ae.predict(plain, spectra, 48)["content"]).mean()
     z1 = np.abs(ae.predict(sparse, spectra, 48)["content"]).mean()
@@ -177,14 +177,14 @@ def test_transfer_learning_from_a_bundle(tmp_path):
     hot = simulate_domain_series((100, 125), shape=(384, 384), n_regions=6, dose=60, seed=2)
     s_cold, _ = window_ffts(cold.images, 48, 12)
     s_hot, _ = window_ffts(hot.images, 48, 12)
-    base, _ = ae.fit(s_cold, 48, epochs=8, seed=0)
+    base, _ = ae.fit(s_cold, epochs=8, seed=0)
     ae.save_model(tmp_path / "vacuum", base, {"window": 48})
     loaded, cfg = ae.load_model(tmp_path / "vacuum")
     assert cfg["window"] == 48
     np.testing.assert_allclose(ae.predict(loaded, s_hot, 48)["content"], ae.predict(base, s_hot, 48)["content"],
                                atol=1e-6)
-    _, tuned = ae.fit(s_hot, 48, epochs=2, init=loaded, seed=0)
-    _, scratch = ae.fit(s_hot, 48, epochs=2, seed=0)
+    _, tuned = ae.fit(s_hot, epochs=2, init=loaded, seed=0)
+    _, scratch = ae.fit(s_hot, epochs=2, seed=0)
     assert tuned["transfer"] and not scratch["transfer"]
     # A head start: the first epoch of fine-tuning beats the first from scratch
     # by far, and the last stays ahead.

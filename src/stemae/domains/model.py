@@ -141,8 +141,8 @@ class DomainAE(nn.Module):
 
         Returns a dict: ``content`` (B, latent); ``residual`` (B, 4) log_sx,
         log_sy, shear, rotation of the learned correction; ``A`` (B, 2, 2)
-        the total map from canonical to input frequencies; ``psi``, ``k0``,
-        ``anisotropy`` (B,) of the analytic estimate.
+        the total map from canonical to input frequencies; ``anisotropy``
+        (B,) of the analytic estimate.
         """
         with torch.no_grad():
             psi, k0, aniso = analytic_pose(x)
@@ -152,17 +152,21 @@ class DomainAE(nn.Module):
         res = torch.tanh(h[:, self.latent:]) * self.limits
         zeros = torch.zeros_like(res[:, :2])
         A = A0 @ affine_matrix(torch.cat([res, zeros], 1))[..., :2]
-        return {"content": h[:, :self.latent], "residual": res, "A": A, "psi": psi, "k0": k0,
-                "anisotropy": aniso}
+        return {"content": h[:, :self.latent], "residual": res, "A": A, "anisotropy": aniso}
 
     def canonical(self, content: torch.Tensor) -> torch.Tensor:
         """Canonical spectra ``(B, k, k)`` drawn from content ``(B, latent)``; centrosymmetric."""
         c = self.decoder(content).reshape(-1, self.crop, self.crop)
         return 0.5 * (c + c.flip(-1, -2))
 
+    @staticmethod
+    def place(canonical: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        """Canonical spectra ``(B, k, k)`` warped by poses ``A`` into the input frame."""
+        return warp(canonical, torch.linalg.inv(A))
+
     def decode(self, content: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-        """Spectra ``(B, k, k)`` in the input frame: the canonical spectrum warped by ``A``."""
-        return warp(self.canonical(content), torch.linalg.inv(A))
+        """Spectra ``(B, k, k)`` in the input frame drawn from content and pose."""
+        return self.place(self.canonical(content), A)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         code = self.encode(x)
@@ -209,7 +213,6 @@ def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def fit(
     spectra,
-    window: int,
     *,
     latent: int = 8,
     epochs: int = 20,
@@ -229,7 +232,6 @@ def fit(
     Parameters
     ----------
     spectra : array (..., k, k), windowed log-magnitude spectra (any leading shape)
-    window : window side in pixels the spectra came from (sets the period scale)
     latent : number of content latents (ignored when ``init`` is given)
     epochs : passes over the training sample
     n_train : windows drawn (without replacement, seeded) to train on
@@ -278,8 +280,7 @@ def fit(
         weights.append(w1)
         bar.set_postfix(loss=f"{losses[-1]:.4g}")
     record = dict(loss=losses, l1_weight=weights, epochs=epochs, n_train=len(x), batch_size=batch_size, lr=lr,
-                  l1=l1, l1_start=l1_start, l1_ramp=l1_ramp, seed=seed, window=int(window),
-                  transfer=init is not None)
+                  l1=l1, l1_start=l1_start, l1_ramp=l1_ramp, seed=seed, transfer=init is not None)
     return model.eval(), record
 
 
@@ -309,7 +310,7 @@ def predict(model: DomainAE, spectra, window: int, *, batch_size: int = 512, dev
         x = prepare(torch.as_tensor(flat[start:start + batch_size], dtype=torch.float32, device=device))
         code = model.encode(x)
         canonical = model.canonical(code["content"])
-        recon = warp(canonical, torch.linalg.inv(code["A"]))
+        recon = model.place(canonical, code["A"])
         out = pose_maps(code, canonical * (model.canon_mask * annulus(k, device)), window)
         out["content"] = code["content"].cpu().numpy()
         out["error"] = reconstruction_loss(recon, x).cpu().numpy()

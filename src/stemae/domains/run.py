@@ -83,7 +83,7 @@ def map_domains(
         for frame in tqdm(images, desc="domains sample", unit="frame", disable=not progress, leave=False):
             spectra = window_ffts(frame, window, stride, crop, device)[0].reshape(-1, crop, crop)
             sample.append(spectra[np.sort(rng.choice(len(spectra), min(per_frame, len(spectra)), replace=False))])
-        model, record = ae.fit(np.concatenate(sample), window, latent=latent, epochs=epochs, n_train=N_TRAIN,
+        model, record = ae.fit(np.concatenate(sample), latent=latent, epochs=epochs, n_train=N_TRAIN,
                                l1=l1, l1_start=l1_start, l1_ramp=l1_ramp, init=init, seed=seed, device=device,
                                progress=progress)
     parts = []
