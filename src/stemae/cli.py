@@ -88,6 +88,11 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
 ClassesOpt = Annotated[int, typer.Option(help="CC-ST-AE: number of bases (phases or grain types).")]
 EpochsOpt = Annotated[int, typer.Option(help="CC-ST-AE: training epochs.")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed (results are deterministic for a seed).")]
+RefineOpt = Annotated[
+    str,
+    typer.Option(help="CC-ST-AE disk profiles: voigt (pseudo-Voigt edges fitted to the measured central and Bragg "
+                      "disks) or template (the measurements themselves)."),
+]
 
 
 def _open(input: Path, dataset, scan_shape):
@@ -106,6 +111,7 @@ def strain(
     reference: ReferenceOpt = None,
     classes: ClassesOpt = 1,
     epochs: EpochsOpt = 3,
+    refine: RefineOpt = "voigt",
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
     dataset: DatasetOpt = None,
@@ -119,7 +125,7 @@ def strain(
         cube = _open(input, dataset, scan_shape)
         t0 = time.perf_counter()
         res = run_strain(cube, out, method=method, reference=_box(reference), classes=classes, epochs=epochs,
-                         seed=seed, device=device, progress=progress)
+                         refine=refine, seed=seed, device=device, progress=progress)
     except (InputError, ValueError) as e:
         _fail(e)
     _report(res, time.perf_counter() - t0, out)
@@ -139,6 +145,7 @@ def train(
     model: Path = typer.Option(..., "--model", "-m", help="Bundle folder to write (config.json + weights.safetensors)."),
     classes: ClassesOpt = 1,
     epochs: EpochsOpt = 3,
+    refine: RefineOpt = "voigt",
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
     dataset: DatasetOpt = None,
@@ -151,7 +158,8 @@ def train(
 
     try:
         cube = _open(input, dataset, scan_shape)
-        net, record = train_model(cube, classes=classes, epochs=epochs, seed=seed, device=device, progress=progress)
+        net, record = train_model(cube, classes=classes, epochs=epochs, refine=refine, seed=seed, device=device,
+                                  progress=progress)
         ccstae.save(net, model, record)
     except (InputError, ValueError) as e:
         _fail(e)
@@ -164,6 +172,7 @@ def predict(
     model: Path = typer.Option(..., "--model", "-m", help="Bundle folder written by `stemae train`."),
     out: OutOpt = Path("stemae-results"),
     reference: ReferenceOpt = None,
+    refine: Annotated[Optional[str], typer.Option(help="Disk profiles (voigt or template); default the bundle's.")] = None,
     device: DeviceOpt = "cpu",
     dataset: DatasetOpt = None,
     scan_shape: ScanShapeOpt = None,
@@ -174,7 +183,7 @@ def predict(
     from stemae.strain.run import predict_strain
 
     try:
-        net = ccstae.load(model)
+        net = ccstae.load(model, profile=refine)
         cube = _open(input, dataset, scan_shape)
         if tuple(cube.pattern_shape) != tuple(net.pattern_shape):
             raise InputError(

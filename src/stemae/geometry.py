@@ -164,13 +164,30 @@ def reference_mask(scan_shape: tuple[int, int], reference=None) -> np.ndarray:
     return mask
 
 
+def reference_members(G: np.ndarray, mask: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Positions whose bases make up the reference: valid positions in the
+    region, less outliers further than four (normal-scaled) median absolute
+    deviations from the element-wise median. Shapes: ``G`` (Ry, Rx, 2, 2),
+    masks (Ry, Rx); returns a bool (Ry, Rx)."""
+    sel = mask if valid is None else (mask & valid)
+    sel = sel & np.isfinite(G).all(axis=(-1, -2))
+    if not sel.any():
+        raise ValueError("the reference region holds no valid lattice fit")
+    g = G[sel]
+    med = np.median(g, axis=0)
+    mad = 1.4826 * np.median(np.abs(g - med), axis=0)
+    keep = (np.abs(g - med) <= 4 * mad + 1e-12 * np.abs(med).max()).all(axis=(-1, -2))
+    out = np.zeros(sel.shape, bool)
+    out[sel] = keep if keep.any() else True
+    return out
+
+
 def reference_basis(G: np.ndarray, mask: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     """Reference reciprocal basis: robust mean of ``G`` over a region.
 
-    Bases further than four (normal-scaled) median absolute deviations from
-    the element-wise median are dropped as outliers, and the rest averaged.
-    The mean, unlike the median, stays unbiased when the lattice varies
-    across the region and the measurements are noisy.
+    The mean over :func:`reference_members` (outliers dropped). The mean,
+    unlike the median, stays unbiased when the lattice varies across the
+    region and the measurements are noisy.
 
     Parameters
     ----------
@@ -183,15 +200,7 @@ def reference_basis(G: np.ndarray, mask: np.ndarray, valid: np.ndarray | None = 
     -------
     G_ref : ndarray, shape (2, 2)
     """
-    sel = mask if valid is None else (mask & valid)
-    sel = sel & np.isfinite(G).all(axis=(-1, -2))
-    if not sel.any():
-        raise ValueError("the reference region holds no valid lattice fit")
-    g = G[sel]
-    med = np.median(g, axis=0)
-    mad = 1.4826 * np.median(np.abs(g - med), axis=0)
-    keep = (np.abs(g - med) <= 4 * mad + 1e-12 * np.abs(med).max()).all(axis=(-1, -2))
-    return g[keep].mean(axis=0) if keep.any() else med
+    return G[reference_members(G, mask, valid)].mean(axis=0)
 
 
 def strain_from_deformation(F: np.ndarray) -> dict[str, np.ndarray]:
@@ -216,7 +225,7 @@ def strain_from_deformation(F: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def strain_maps(
-    G: np.ndarray, reference=None, valid: np.ndarray | None = None
+    G: np.ndarray, reference=None, valid: np.ndarray | None = None, cov: np.ndarray | None = None
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Strain and rotation maps from per-position reciprocal bases.
 
@@ -229,21 +238,83 @@ def strain_maps(
         reference.
     valid : ndarray of bool, shape (Ry, Rx), optional
         Positions whose fit succeeded; invalid ones get NaN.
+    cov : ndarray (Ry, Rx, 4, 4), optional
+        Covariance of each basis (see :func:`strain_uncertainty`); adds the
+        standard deviations ``sigma_e_xx``, ``sigma_e_yy``, ``sigma_e_xy``
+        and ``sigma_theta`` (degrees), the reference's uncertainty included.
 
     Returns
     -------
     maps : dict of ``e_xx``, ``e_yy``, ``e_xy`` (dimensionless) and ``theta``
-        (degrees), float32 arrays of shape (Ry, Rx).
+        (degrees), float32 arrays of shape (Ry, Rx) (and their ``sigma_``
+        maps when ``cov`` is given).
     G_ref : ndarray, shape (2, 2)
         The reference basis used.
     """
     G = np.asarray(G, dtype=np.float64)
     mask = reference_mask(G.shape[:2], reference)
-    G_ref = reference_basis(G, mask, valid)
+    members = reference_members(G, mask, valid)
+    G_ref = G[members].mean(axis=0)
     ok = np.isfinite(G).all(axis=(-1, -2)) & (np.abs(np.linalg.det(np.nan_to_num(G))) > 0)
     if valid is not None:
         ok &= valid
     F = np.full(G.shape, np.nan)
     F[ok] = deformation_from_reciprocal(G[ok], G_ref)
     maps = {k: v.astype(np.float32) for k, v in strain_from_deformation(F).items()}
+    if cov is not None:
+        cov = np.asarray(cov, dtype=np.float64)
+        cov_ref = cov[members].mean(axis=0) / members.sum()
+        sd = strain_uncertainty(np.where(ok[..., None, None], G, G_ref), G_ref, np.nan_to_num(cov), cov_ref)
+        for k, v in sd.items():
+            maps[f"sigma_{k}"] = np.where(ok, v, np.nan).astype(np.float32)
     return maps, G_ref
+
+
+def _strain_vector(G: np.ndarray, G_ref: np.ndarray) -> np.ndarray:
+    """``(e_xx, e_yy, e_xy, theta in radians)`` (..., 4) of bases G against G_ref."""
+    R, U = polar_decomposition(deformation_from_reciprocal(G, G_ref))
+    return np.stack([U[..., 0, 0] - 1, U[..., 1, 1] - 1, U[..., 0, 1], np.arctan2(R[..., 1, 0], R[..., 0, 0])], -1)
+
+
+def strain_uncertainty(G: np.ndarray, G_ref: np.ndarray, cov: np.ndarray, cov_ref: np.ndarray | None = None) -> dict:
+    """Standard deviations of the strain maps from the covariance of the bases.
+
+    First-order propagation through the exact strain maths (numerical
+    Jacobians), the reference basis's own uncertainty included.
+
+    Parameters
+    ----------
+    G : ndarray (..., 2, 2)
+        Local reciprocal bases.
+    G_ref : ndarray (2, 2)
+        Reference basis.
+    cov : ndarray (..., 4, 4)
+        Covariance of each basis's entries in row-major order
+        ``(G_00, G_01, G_10, G_11)`` = ``(g1_x, g2_x, g1_y, g2_y)``, in the
+        units of ``G`` squared.
+    cov_ref : ndarray (4, 4), optional
+        Covariance of ``G_ref``'s entries (for a mean over ``n`` positions,
+        about the mean covariance divided by ``n``).
+
+    Returns
+    -------
+    dict of ``e_xx``, ``e_yy``, ``e_xy`` (dimensionless) and ``theta``
+    (degrees) standard deviations, each (...), float32.
+    """
+    G = np.asarray(G, dtype=np.float64)
+    G_ref = np.asarray(G_ref, dtype=np.float64)
+    eps = 1e-6 * np.abs(G_ref).max()
+    Jg = np.empty(G.shape[:-2] + (4, 4))
+    Jr = np.empty(G.shape[:-2] + (4, 4))
+    for k in range(4):
+        d = np.zeros(4)
+        d[k] = eps
+        d = d.reshape(2, 2)
+        Jg[..., k] = (_strain_vector(G + d, G_ref) - _strain_vector(G - d, G_ref)) / (2 * eps)
+        Jr[..., k] = (_strain_vector(G, G_ref + d) - _strain_vector(G, G_ref - d)) / (2 * eps)
+    C = Jg @ np.asarray(cov, dtype=np.float64) @ np.swapaxes(Jg, -1, -2)
+    if cov_ref is not None:
+        C = C + Jr @ np.asarray(cov_ref, dtype=np.float64) @ np.swapaxes(Jr, -1, -2)
+    sd = np.sqrt(np.clip(np.diagonal(C, axis1=-2, axis2=-1), 0, None))
+    sd[..., 3] = np.degrees(sd[..., 3])
+    return {k: sd[..., i].astype(np.float32) for i, k in enumerate(("e_xx", "e_yy", "e_xy", "theta"))}

@@ -72,6 +72,61 @@ def plot_strain_maps(maps: dict, path, valid: np.ndarray | None = None, title: s
     return _save(fig, path)
 
 
+def plot_uncertainty_maps(maps: dict, path, valid: np.ndarray | None = None, title: str = "") -> Path:
+    """Four panels of standard deviations (``sigma_e_xx``, ``sigma_e_yy``,
+    ``sigma_e_xy`` in percent, ``sigma_theta`` in degrees) with colour bars.
+
+    Parameters
+    ----------
+    maps : dict with the ``sigma_`` arrays (Ry, Rx)
+    path : PNG path, written atomically
+    valid : bool (Ry, Rx), optional; invalid positions are drawn grey
+    """
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4), constrained_layout=True)
+    cmap = plt.get_cmap("magma").with_extremes(bad="0.6")
+    for ax, (key, label, unit) in zip(axes, STRAIN_PANELS):
+        img = np.array(maps[f"sigma_{key}"], dtype=np.float64) * (100.0 if unit == "%" else 1.0)
+        if valid is not None:
+            img[~valid] = np.nan
+        v = img[np.isfinite(img)]
+        hi = float(np.percentile(v, 99)) if v.size else 1.0
+        im = ax.imshow(img, cmap=cmap, vmin=0, vmax=hi or 1e-6, interpolation="nearest")
+        ax.set_title(r"$\sigma$ of " + label)
+        ax.set_xlabel("scan column")
+        ax.set_ylabel("scan row")
+        fig.colorbar(im, ax=ax, shrink=0.8, label=unit)
+    fig.suptitle(title or "one standard deviation (Fisher information of each fit, reference included)")
+    return _save(fig, path)
+
+
+def plot_virtual_dark_field(intensity: np.ndarray, hk: np.ndarray, path, n: int = 6) -> Path:
+    """Virtual dark-field images: the fitted integrated intensity of the ``n``
+    reflections that are brightest over the scan.
+
+    Parameters
+    ----------
+    intensity : (Ry, Rx, J) counts per reflection (NaN where off the detector)
+    hk : (J, 2) reflection indices
+    """
+    flat = intensity.reshape(-1, intensity.shape[-1])
+    seen = np.isfinite(flat).any(0)
+    med = np.full(flat.shape[1], -np.inf)
+    med[seen] = np.nanmedian(flat[:, seen], axis=0)
+    order = np.argsort(-med)[: min(n, len(med))]
+    fig, axes = plt.subplots(1, len(order), figsize=(3.4 * len(order), 3.4), constrained_layout=True, squeeze=False)
+    for ax, j in zip(axes[0], order):
+        img = intensity[..., j]
+        v = img[np.isfinite(img)]
+        lo, hi = (np.percentile(v, [1, 99]) if v.size else (0, 1))
+        im = ax.imshow(img, cmap="inferno", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+        ax.set_title(f"({int(hk[j, 0])}, {int(hk[j, 1])})")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, shrink=0.8, label="counts")
+    fig.suptitle("virtual dark field: fitted counts in each reflection's disk")
+    return _save(fig, path)
+
+
 def plot_lattice(pattern: np.ndarray, origin, G: np.ndarray, radius: float, path, title: str = "") -> Path:
     """A diffraction pattern (log scale) with the fitted lattice drawn on it.
 

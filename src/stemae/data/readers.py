@@ -175,8 +175,10 @@ def _read_hdf5(path: Path, dataset: str | None, scan_shape) -> Datacube:
         cal = _py4dstem_calibration(grp)
     else:
         cands = []
-        f.visititems(
-            lambda n, o: cands.append(n) if isinstance(o, h5py.Dataset) and o.ndim in (3, 4) and o.size > 0 else None
+        f.visititems(  # a simulated file's truth group holds no datacube
+            lambda n, o: cands.append(n)
+            if isinstance(o, h5py.Dataset) and o.ndim in (3, 4) and o.size > 0 and not n.startswith("truth/")
+            else None
         )
         four = [n for n in cands if f[n].ndim == 4]
         pick = four if four else cands

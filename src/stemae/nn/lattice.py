@@ -1,11 +1,25 @@
-"""Disk lattices in PyTorch: windows, rendering and per-pattern refinement.
+"""Disk lattices in PyTorch: windows, a likelihood model of the pattern, and
+per-pattern maximum-likelihood fits with their Fisher information.
 
-A pattern is modelled as disks of one shape (the probe aperture image) at
-``c_j = o + A g_j``: ``o`` the central-beam position, ``A`` the 2x2
-transform of the pattern relative to a base lattice whose reflections are
-``g_j`` (pixels, ``(x, y)``). The transform moves disk *centres* only; disks
-keep their size, as on a real crystal. All functions are batched over
-patterns ``B`` and reflections ``J``.
+A pattern is modelled as disks of one measured shape (the probe aperture
+image, a radial profile ``p(r)``) at ``c_j = o + A g_j``: ``o`` the
+central-beam position, ``A`` the 2x2 transform of the pattern relative to a
+base lattice whose reflections are ``g_j`` (pixels, ``(x, y)``), plus a
+diffuse background ``s M(|q - o|)`` of known radial shape ``M`` and, per
+disk, a constant offset:
+
+    lambda(q) = a_j p(|q - c_j|) + b_j + s M(|q - o|)    (q in disk j's window)
+
+The transform moves disk *centres* only; disks keep their size, as on a real
+crystal. Amplitudes ``a_j``, offsets ``b_j`` and the background scale ``s``
+enter linearly and are solved exactly at every step; origin and transform
+are found by Fisher scoring on the Poisson likelihood (iteratively
+reweighted least squares, weights ``1 / lambda``). All functions are batched
+over patterns ``B`` and reflections ``J``.
+
+Radial profiles are tables sampled every ``dr`` pixels from ``r = 0``
+(:func:`table_lookup`): measured from the data's own central disk, or a
+fitted pseudo-Voigt edge, or an error-function edge.
 """
 
 from __future__ import annotations
@@ -14,30 +28,64 @@ import math
 
 import torch
 
-
-def disk_profile(r: torch.Tensor, radius, edge) -> torch.Tensor:
-    """Soft-edged disk value at distance ``r`` (pixels): ``erfc((r - R) / (sqrt2 s)) / 2``."""
-    return 0.5 * torch.erfc((r - radius) / (math.sqrt(2.0) * edge))
+WING = 3.0  # pixels beyond a disk's half radius that a fit's window reaches at most
 
 
-def disk_profile_slope(r: torch.Tensor, radius, edge) -> torch.Tensor:
-    """Derivative of :func:`disk_profile` with respect to ``r``."""
-    return -torch.exp(-0.5 * ((r - radius) / edge) ** 2) / (math.sqrt(2.0 * math.pi) * edge)
+def table_lookup(table: torch.Tensor, dr: float, r: torch.Tensor,
+                 row: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Value and slope of a radial profile at distances ``r`` (pixels).
 
-
-def ring_offsets(radius: float, edge: float, device=None) -> torch.Tensor:
-    """Integer offsets ``(P, 2)`` ``(x, y)`` covering a disk's edge band.
-
-    The band ``| |d| - R | <= 3 s + 1`` around a centre anywhere within half
-    a pixel of the origin: where a disk's position information lies, plus
-    some inside and outside for its amplitude and local background.
+    ``table`` (n,) holds the profile at ``r = 0, dr, 2 dr, ...``, or (m, n)
+    several profiles of which ``row`` (broadcastable to ``r``, int) picks
+    one per element; values are interpolated linearly and held constant
+    beyond the last sample.
     """
-    h = int(math.ceil(radius + 3.0 * edge + 1.0))
+    n = table.shape[-1]
+    x = (r / dr).clamp(0, n - 1)
+    i = x.floor().clamp(max=n - 2)
+    f = x - i
+    i = i.long()
+    flat = table.reshape(-1)
+    if row is not None:
+        i = i + row * n
+    v0, v1 = flat[i], flat[i + 1]
+    return v0 + f * (v1 - v0), (v1 - v0) / dr
+
+
+def erfc_table(radius: float, edge: float, dr: float = 0.05, r_max: float | None = None) -> torch.Tensor:
+    """An error-function disk edge ``erfc((r - R) / (sqrt2 s)) / 2`` as a table."""
+    r_max = radius + 8 * edge + 2 if r_max is None else r_max
+    r = torch.arange(0.0, r_max + dr, dr, dtype=torch.float64)
+    return (0.5 * torch.erfc((r - radius) / (math.sqrt(2.0) * edge))).float()
+
+
+def window_offsets(outer: float, inner: float = 0.0, device=None) -> torch.Tensor:
+    """Integer offsets ``(P, 2)`` ``(x, y)`` of every pixel that can lie between
+    ``inner`` and ``outer`` pixels of a centre anywhere within half a pixel
+    of the origin (an annulus around a disk's edge, or a whole disk)."""
+    h = int(math.ceil(outer + 1.0))
     off = torch.arange(-h, h + 1, device=device)
     oy, ox = torch.meshgrid(off, off, indexing="ij")
     rr = torch.hypot(ox.float(), oy.float())
-    keep = (rr - radius).abs() <= 3.0 * edge + 1.0
+    keep = (rr <= outer + 0.75) & (rr >= inner - 0.75)
     return torch.stack([ox[keep], oy[keep]], -1)
+
+
+def profile_band(disk: torch.Tensor, dr: float) -> tuple[float, float]:
+    """Inner and outer radius (pixels) of a disk profile's edge band: from
+    one pixel inside where, coming from the edge, it reaches 0.98 of its
+    plateau to one pixel beyond where it has fallen to 0.02, or ``WING``
+    pixels beyond its half radius if that is nearer. Amplitude, background
+    and position of a disk are all measured there (faint wings hold little
+    position information and many pixels)."""
+    p = disk.double()
+    r = torch.arange(p.shape[0], dtype=torch.float64) * dr
+    half = int(torch.nonzero(p < 0.5).min())
+    plateau = torch.nonzero(p[:half] >= 0.98)
+    tail = torch.nonzero(p[half:] <= 0.02)
+    inner = r[int(plateau.max())].item() - 1.0 if len(plateau) else 0.0
+    outer = r[half + int(tail.min())].item() + 1.0 if len(tail) else r[-1].item()
+    return max(inner, 0.0), min(outer, r[half].item() + WING)
 
 
 def gather_windows(images: torch.Tensor, centers: torch.Tensor, offsets: torch.Tensor):
@@ -66,41 +114,103 @@ def gather_windows(images: torch.Tensor, centers: torch.Tensor, offsets: torch.T
     return values, coords, inside
 
 
-def fit_amplitudes(values, profile, weights):
-    """Per-window weighted least squares ``values ~ a * profile + c``.
-
-    Shapes ``(B, J, P)``; returns ``a``, ``c`` of shape ``(B, J)``.
-    """
-    s_w = weights.sum(-1)
-    s_d = (weights * profile).sum(-1)
-    s_dd = (weights * profile * profile).sum(-1)
-    s_v = (weights * values).sum(-1)
-    s_dv = (weights * profile * values).sum(-1)
-    det = (s_dd * s_w - s_d * s_d).clamp_min(1e-12)
-    a = (s_dv * s_w - s_d * s_v) / det
-    c = (s_dd * s_v - s_d * s_dv) / det
-    return a, c
+def _solve2(n11, n12, n22, b1, b2):
+    """Batched solution of symmetric 2x2 systems ``[[n11, n12], [n12, n22]] x = b``."""
+    det = torch.maximum(n11 * n22 - n12 * n12, 1e-6 * (n11 * n22).abs() + 1e-30)
+    return (n22 * b1 - n12 * b2) / det, (n11 * b2 - n12 * b1) / det
 
 
-def refine_lattice(
+def linear_fit(vals, prof, m, w, local_background: bool, prior=None):
+    """Weighted least squares for the linear parameters of :func:`fit_disk_lattice`'s
+    model: per-disk amplitude ``a`` and offset ``b`` (if ``local_background``)
+    and one background scale ``s`` per pattern (if ``m`` is given), solved
+    exactly (Schur complement on ``s``). Shapes (B, J, P); ``prior``
+    optionally ``(a0, precision)``, each (B, J): a Gaussian prior on the
+    amplitudes. Returns the model (B, J, P), ``a`` (B, J), ``b`` (B, J),
+    ``s`` (B,)."""
+    wp = w * prof
+    s_pp, s_v_p = (wp * prof).sum(-1), (wp * vals).sum(-1)
+    if prior is not None:
+        s_pp = s_pp + prior[1]
+        s_v_p = s_v_p + prior[0] * prior[1]
+    if local_background:
+        s_p1, s_11, s_v_1 = wp.sum(-1), w.sum(-1), (w * vals).sum(-1)
+    else:
+        s_p1 = torch.zeros_like(s_pp)
+        s_11 = torch.ones_like(s_pp)
+        s_v_1 = torch.zeros_like(s_pp)
+    if m is None:
+        s = torch.zeros(vals.shape[0], dtype=vals.dtype, device=vals.device)
+    else:
+        wm = w * m
+        v_p, v_1 = (wm * prof).sum(-1), wm.sum(-1) if local_background else torch.zeros_like(s_pp)
+        s_mm, s_mv = (wm * m).sum((1, 2)), (wm * vals).sum((1, 2))
+        xa, xb = _solve2(s_pp, s_p1, s_11, v_p, v_1)  # N^-1 v
+        ya, yb = _solve2(s_pp, s_p1, s_11, s_v_p, s_v_1)  # N^-1 b
+        den = s_mm - (v_p * xa + v_1 * xb).sum(1)
+        num = s_mv - (v_p * ya + v_1 * yb).sum(1)
+        s = num / (den + 1e-9 * s_mm + 1e-30)
+        s_v_p = s_v_p - s[:, None] * v_p
+        s_v_1 = s_v_1 - s[:, None] * v_1
+    a, b = _solve2(s_pp, s_p1, s_11, s_v_p, s_v_1)
+    if not local_background:
+        b = torch.zeros_like(a)
+    model = a[..., None] * prof + b[..., None]
+    if m is not None:
+        model = model + s[:, None, None] * m
+    return model, a, b, s
+
+
+def _scaled_solve(hess: torch.Tensor, grad: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
+    """Steps ``(B, n)`` solving ``hess step = grad`` after scaling to unit
+    diagonal (parameters of very different information, such as a bright
+    beam's origin and a weak lattice, stay well conditioned in float32); a
+    small ridge keeps undetermined parameters where they are."""
+    d = torch.diagonal(hess, dim1=-2, dim2=-1)
+    d = d.clamp_min(1e-12 * d.amax(-1, keepdim=True).clamp_min(1e-30))
+    s = d.rsqrt()
+    scaled = hess * s[:, :, None] * s[:, None, :] + 1e-6 * eye
+    y, _ = torch.linalg.solve_ex(scaled, grad * s)
+    return torch.nan_to_num(y * s, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def fit_disk_lattice(
     images: torch.Tensor,
     origin: torch.Tensor,
     A: torch.Tensor,
     reflections: torch.Tensor,
+    disk: torch.Tensor,
+    disk_dr: float,
     radius: float,
-    edge: float,
     *,
+    rows: torch.Tensor | None = None,
+    background: torch.Tensor | None = None,
+    background_dr: float = 1.0,
+    band: tuple[float, float] | None = None,
     iterations: int = 4,
+    regather: tuple[int, ...] = (2,),
+    coarse: int = 0,
+    local_background: bool = True,
+    noise_floor: float = 0.05,
+    min_on_detector: float = 0.5,
     use_central: bool = True,
-    noise_floor: float = 1.0,
-):
-    """Gauss-Newton fit of origin and transform to each pattern's disks.
+    amplitude_prior: torch.Tensor | None = None,
+    prior_spread: float = 0.3,
+) -> dict[str, torch.Tensor]:
+    """Maximum-likelihood fit of origin and transform to each pattern's disks.
 
-    Each iteration gathers a window around every predicted disk centre, fits
-    each disk's amplitude and local background linearly, then takes one
-    weighted Gauss-Newton step (weights ``1 / (model + noise_floor)``, the
-    Poisson variance) on the six geometric parameters. Disk shapes stay
-    fixed, so the strain is not biased by disk size.
+    The model is the module's (disks of the measured profile ``disk``, per
+    disk amplitude and offset, a diffuse background of radial shape
+    ``background`` with a per-pattern scale). Every disk whose centre lies
+    within ``min_on_detector`` radii outside the detector edge takes part,
+    including those the edge cuts (their off-detector pixels get no
+    weight). Each iteration solves the linear parameters with Poisson
+    weights ``1 / max(lambda, noise_floor)`` (uniform in the first) and takes
+    one Fisher-scoring step on the six geometric parameters, using the
+    information left after the per-disk amplitude and offset are
+    accounted for. Windows are gathered at the start and again before the
+    iterations listed in ``regather`` (coarse to fine: a start a few pixels
+    off still converges).
 
     Parameters
     ----------
@@ -108,64 +218,148 @@ def refine_lattice(
     origin : (B, 2) initial central-beam positions ``(x, y)``
     A : (B, 2, 2) initial transforms of the base reflections
     reflections : (J, 2) or (B, J, 2) base reflection vectors ``g_j`` (pixels)
-    radius, edge : disk radius and edge blur, pixels
-    iterations : Gauss-Newton steps (at least 1)
-    use_central : include the central beam (constrains the origin only)
-    noise_floor : added to the model in the weights (counts)
+    disk : (n,) radial profile of a disk (1 inside, 0 far outside), sampled
+        every ``disk_dr`` pixels from ``r = 0``, or (m, n) several: the
+        central disk uses row 0 and reflection ``j`` row ``rows[j]``
+        (Bragg disks are often a little smaller and blurrier than the central
+        disk, the more so the further out: a lattice that varies within the
+        probe smears them in proportion to ``|g|``)
+    radius : disk radius (pixels), where the profile falls to one half
+    rows : (J,) int, the profile row of each reflection when ``disk`` has
+        several (default row 1 for all)
+    background : (m,) radial shape of the diffuse background around the
+        origin, sampled every ``background_dr`` pixels; ``None`` for none
+    band : inner and outer radius of each disk's window (pixels); default
+        :func:`profile_band`, the outer one at most 0.45 of the shortest
+        reflection
+    iterations : Fisher-scoring steps (at least 1)
+    regather : iterations before which the windows are gathered again
+    coarse : iterations at the start that use only the disks within twice
+        the shortest reflection (they tolerate a start a degree or two off
+        in rotation, which the outer disks do not)
+    local_background : fit a constant offset per disk
+    noise_floor : smallest model value in the weights (counts)
+    min_on_detector : disks whose centre is more than this many radii off
+        the detector are left out
+    use_central : include the central beam (it constrains the origin)
+    amplitude_prior : (B, J) or (J,), optional: the expected plateau of each
+        Bragg disk (counts; 0 for none). A Gaussian prior of relative width
+        ``prior_spread`` then steadies the amplitudes of weak disks, whose
+        own counts determine them poorly (free amplitudes from a few tens of
+        counts make the fit noisier than its Fisher information says)
 
     Returns
     -------
-    origin : (B, 2); A : (B, 2, 2); rms : (B,) weighted RMS residual;
-    n_disks : (B,) reflections whose window lay on the detector;
-    chi2 : (B,) weighted sum of squared residuals (Poisson chi-square)
+    dict with ``origin`` (B, 2), ``A`` (B, 2, 2), ``information`` (B, 6, 6)
+    (Fisher information of ``(o_x, o_y, A_00, A_01, A_10, A_11)`` at the
+    last evaluation, before its step), ``amplitudes`` (B, J + 1) and
+    ``offsets`` (B, J + 1) (central beam first; counts at the disk's
+    plateau), ``background`` (B,) scale, ``on`` (B, J + 1) bool, disks
+    used, ``chi2`` (B,) Pearson chi-square and ``dof`` (B,) pixels used
+    minus fitted parameters.
     """
     B, H, W = images.shape
+    dt, dev = images.dtype, images.device
     g = reflections.expand(B, -1, -1) if reflections.dim() == 2 else reflections
-    g = torch.cat([torch.zeros_like(g[:, :1]), g], 1)  # the central beam is g = 0
-    offsets = ring_offsets(radius, edge, images.device)
-    origin, A = origin.clone(), A.clone()
-    eye = torch.eye(6, dtype=images.dtype, device=images.device)
-    # One pixel set (and so one set of values) for all iterations, so that
-    # the iterations converge.
-    vals, coords, inside = gather_windows(images, origin[:, None] + g @ A.transpose(-1, -2), offsets)
-    for it in range(iterations):
+    g = torch.cat([torch.zeros_like(g[:, :1]), g], 1).to(dt)  # the central beam is g = 0
+    J = g.shape[1]
+    if band is None:
+        bands = [profile_band(d, disk_dr) for d in disk.reshape(-1, disk.shape[-1])]
+        inner, outer = min(b[0] for b in bands), max(b[1] for b in bands)
+        gmin = g[:, 1:].norm(dim=-1).min().item() if J > 1 else float("inf")
+        band = (inner, min(outer, 0.45 * gmin))
+    inner, outer = band
+    offsets = window_offsets(outer, inner, dev)
+    disk = disk.to(dev, dt)
+    row = None
+    if disk.dim() == 2:  # central beam: row 0
+        bragg = torch.ones(J - 1, dtype=torch.long, device=dev) if rows is None else rows.to(dev).long()
+        row = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), bragg]).view(1, J, 1)
+    bg = None if background is None else background.to(dev, dt)
+    origin, A = origin.to(dt).clone(), A.to(dt).clone()
+    eye = torch.eye(6, dtype=dt, device=dev)
+    gx, gy = g[..., 0], g[..., 1]
+    one, zero = torch.ones_like(gx), torch.zeros_like(gx)
+    # d c_x / d theta and d c_y / d theta, theta = (o_x, o_y, A00, A01, A10, A11).
+    ux = torch.stack([one, zero, gx, gy, zero, zero], -1)
+    uy = torch.stack([zero, one, zero, zero, gx, gy], -1)
+    prior = None
+    if amplitude_prior is not None:
+        a0 = torch.cat([torch.zeros_like(origin[:, :1]), amplitude_prior.to(dev, dt).expand(B, -1)], 1)
+        prior = (a0, torch.where(a0 > 0, 1.0 / (prior_spread * a0).clamp_min(1e-12) ** 2, torch.zeros_like(a0)))
+    lam = None
+    for it in range(max(iterations, 1)):
         centers = origin[:, None] + g @ A.transpose(-1, -2)  # (B, J, 2)
-        # Disks whose centre is at least a radius inside the detector; pixels
-        # of their windows that fall off it get no weight.
-        on = ((centers[..., 0] >= radius) & (centers[..., 0] <= W - 1 - radius)
-              & (centers[..., 1] >= radius) & (centers[..., 1] <= H - 1 - radius))
+        if it == 0 or it in regather:
+            vals, coords, inside = gather_windows(images, centers, offsets)
+            lam = None
+        m_edge = min_on_detector * radius
+        on = ((centers[..., 0] >= -m_edge) & (centers[..., 0] <= W - 1 + m_edge)
+              & (centers[..., 1] >= -m_edge) & (centers[..., 1] <= H - 1 + m_edge))
         if not use_central:
             on[:, 0] = False
+        if it < coarse and J > 1:
+            length = g.norm(dim=-1)
+            on &= length <= 2.05 * length[:, 1:].min(1, keepdim=True).values
         dx = coords[..., 0] - centers[..., 0, None]
         dy = coords[..., 1] - centers[..., 1, None]
         r = torch.sqrt(dx * dx + dy * dy).clamp_min(1e-6)
-        prof = disk_profile(r, radius, edge)
-        w0 = (on[..., None] & inside).to(images.dtype)
-        a, c = fit_amplitudes(vals, prof, w0)
-        model = a[..., None] * prof + c[..., None]
-        w = w0 / (model.clamp_min(0) + noise_floor)
-        res = vals - model
-        # dM/dc = -q d with q = a D'(r) / r: per-disk sums, then the 6x6 system.
-        q = a[..., None] * disk_profile_slope(r, radius, edge) / r
-        k = w * q * q
-        sxx, sxy, syy = (k * dx * dx).sum(-1), (k * dx * dy).sum(-1), (k * dy * dy).sum(-1)
-        kr = -w * q * res
-        tx, ty = (kr * dx).sum(-1), (kr * dy).sum(-1)
-        gx, gy = g[..., 0], g[..., 1]
-        # Parameter order: ox, oy, A00, A01, A10, A11; dc_x/dA0j = g_j, dc_y/dA1j = g_j.
-        ux = torch.stack([torch.ones_like(gx), torch.zeros_like(gx), gx, gy, torch.zeros_like(gx), torch.zeros_like(gx)], -1)
-        uy = torch.stack([torch.zeros_like(gx), torch.ones_like(gx), torch.zeros_like(gx), torch.zeros_like(gx), gx, gy], -1)
+        w0 = (inside & on[..., None] & (r <= outer) & (r >= inner)).to(dt)
+        prof, slope = table_lookup(disk, disk_dr, r, row)
+        m = None
+        if bg is not None:
+            rb = torch.sqrt((coords[..., 0] - origin[:, 0, None, None]) ** 2
+                            + (coords[..., 1] - origin[:, 1, None, None]) ** 2)
+            m = table_lookup(bg, background_dr, rb)[0]
+        w = w0 if lam is None else w0 / lam.clamp_min(noise_floor)
+        lam, a, b, s = linear_fit(vals, prof, m, w, local_background, prior)
+        w = w0 / lam.clamp_min(noise_floor)
+        res = vals - lam
+        # d lambda / d c = -q (dx, dy) with q = a p'(r) / r.
+        q = a[..., None] * slope / r
+        wq = w * q
+        kx, ky = wq * dx, wq * dy  # -(w d lambda/d c)
+        sxx, sxy, syy = (kx * q * dx).sum(-1), (kx * q * dy).sum(-1), (ky * q * dy).sum(-1)
+        # Information lost to each disk's amplitude and offset (Schur complement).
+        wp = w * prof
+        n_pp, n_p1, n_11 = (wp * prof).sum(-1), wp.sum(-1), w.sum(-1)
+        if prior is not None:
+            n_pp = n_pp + prior[1]
+        xpx, xpy = -(kx * prof).sum(-1), -(ky * prof).sum(-1)
+        if local_background:
+            x1x, x1y = -kx.sum(-1), -ky.sum(-1)
+        else:
+            x1x = x1y = torch.zeros_like(xpx)
+            n_p1, n_11 = torch.zeros_like(n_pp), torch.ones_like(n_pp)
+        zax, zbx = _solve2(n_pp, n_p1, n_11, xpx, x1x)
+        zay, zby = _solve2(n_pp, n_p1, n_11, xpy, x1y)
+        sxx = sxx - (xpx * zax + x1x * zbx)
+        sxy = sxy - (xpx * zay + x1x * zby)
+        syy = syy - (xpy * zay + x1y * zby)
+        tx, ty = -(kx * res).sum(-1), -(ky * res).sum(-1)
         hess = (torch.einsum("bj,bji,bjk->bik", sxx, ux, ux) + torch.einsum("bj,bji,bjk->bik", sxy, ux, uy)
                 + torch.einsum("bj,bji,bjk->bik", sxy, uy, ux) + torch.einsum("bj,bji,bjk->bik", syy, uy, uy))
-        grad = torch.einsum("bj,bji->bi", tx, ux) + torch.einsum("bj,bji->bi", ty, uy)
-        hess = hess + 1e-6 * torch.diagonal(hess, dim1=-2, dim2=-1).mean(-1)[:, None, None] * eye
-        step = torch.linalg.solve(hess, grad)
+        scores = tx[..., None] * ux + ty[..., None] * uy  # (B, J, 6) each disk's share of the gradient
+        grad = scores.sum(1)
+        if m is not None:
+            # ... and to the background scale, which all disks share.
+            wm = w * m
+            vp, v1 = (wp * m).sum(-1), wm.sum(-1) if local_background else torch.zeros_like(n_pp)
+            zav, zbv = _solve2(n_pp, n_p1, n_11, vp, v1)
+            yx = -(kx * m).sum(-1) - (xpx * zav + x1x * zbv)
+            yy = -(ky * m).sum(-1) - (xpy * zav + x1y * zbv)
+            cross = torch.einsum("bj,bji->bi", yx, ux) + torch.einsum("bj,bji->bi", yy, uy)
+            i_ss = (wm * m).sum((1, 2)) - (vp * zav + v1 * zbv).sum(1)
+            hess = hess - cross[:, :, None] * cross[:, None, :] / i_ss.clamp_min(1e-12)[:, None, None]
+        info = hess
+        step = _scaled_solve(hess, grad, eye)
         origin = origin + step[:, :2].clamp(-2.0, 2.0)
         A = A + step[:, 2:].clamp(-0.05, 0.05).reshape(B, 2, 2)
-    # Residual of the last linearisation point (one step before the returned fit).
     chi2 = (w * res * res).sum((1, 2))
-    rms = torch.sqrt(chi2 / w.sum((1, 2)).clamp_min(1e-12))
-    return origin, A, rms, on[:, 1:].sum(1), chi2
+    n_lin = on.sum(1) * (2 if local_background else 1) + (0 if bg is None else 1)
+    dof = w0.sum((1, 2)) - n_lin - 6
+    return dict(origin=origin, A=A, information=info, scores=scores, amplitudes=a, offsets=b, background=s, on=on,
+                chi2=chi2, dof=dof)
 
 
 def sample_bilinear(images: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
@@ -181,56 +375,84 @@ def sample_bilinear(images: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
     return out.reshape((B,) + shape)
 
 
-def ring_rotation(images: torch.Tensor, origin: torch.Tensor, reflections: torch.Tensor, radius: float,
-                  n_angles: int = 180) -> torch.Tensor:
-    """In-plane rotation of each pattern's first reflection ring against a base.
+def orientation_search(
+    images: torch.Tensor,
+    origin: torch.Tensor,
+    reflections: torch.Tensor,
+    weights: torch.Tensor,
+    shells: torch.Tensor,
+    radius: float,
+    *,
+    max_turn: float = math.pi,
+    n_angles: int = 720,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """In-plane rotation that best lays a lattice's disks onto each pattern.
 
-    The intensity on the ring of the base's shortest reflections (sampled on
-    three radii, +-3 %, so moderate strain does not matter) is circularly
-    cross-correlated with the base's own ring, drawn as bumps of the disk's
-    angular width at its reflections' angles. Robust, cheap (one FFT per
-    pattern) and good to about a degree: enough to start
-    :func:`refine_lattice` in any grain orientation.
+    For every shell of reflections (same ``|g|``) the pattern is sampled on
+    rings at the shell's radius (and half a disk radius either side),
+    smoothed over the disk's angular width and, minus its mean, circularly
+    cross-correlated with the shell's reflections weighted by their expected
+    strength (a matched filter that uses every shell, not only the first,
+    whose disks in a monolayer are the weakest). The correlations of all
+    shells add up; the best turn within ``max_turn`` is refined by a
+    parabola. Cheap (one FFT per shell and pattern) and robust at doses where
+    no single disk stands out.
 
     Parameters
     ----------
     images : (B, H, W)
     origin : (B, 2) central-beam positions
-    reflections : (B, J, 2) base reflections as currently transformed
-    radius : disk radius in pixels
+    reflections : (B, J, 2) reflections as currently transformed (pixels)
+    weights : (J,) or (B, J) expected strength of each reflection (0 to skip)
+    shells : (J,) int shell index of each reflection (reflections of one
+        shell share ``|g|`` in the base)
+    radius : disk radius, pixels
+    max_turn : largest turn considered, radians
+    n_angles : angular samples
 
     Returns
     -------
     turn : (B,) rotation in radians, positive from +x towards +y, that best
-        maps the transformed base ring onto the pattern's ring (modulo the
-        ring's symmetry).
-    gain : (B,) how much better the ring matches after the turn than before,
-        relative to the best match (0: no better; near 1: it did not match
-        at all before). Noise moves the peak a little but gains little.
+        maps the reflections onto the pattern
+    score : (B,) the matched-filter response at that turn relative to no
+        turn (0 where no turn helps; larger is more decisive)
     """
-    B = images.shape[0]
-    t = torch.arange(n_angles, dtype=images.dtype, device=images.device) * (2 * math.pi / n_angles)
-    lengths = reflections.norm(dim=-1)  # (B, J)
-    rho = lengths.min(dim=1).values  # (B,)
+    B, H, W = images.shape
+    dt, dev = images.dtype, images.device
+    t = torch.arange(n_angles, dtype=dt, device=dev) * (2 * math.pi / n_angles)
     ring = torch.stack([torch.cos(t), torch.sin(t)], -1)  # (T, 2)
-    pts = origin[:, None, None] + (rho[:, None, None, None] * torch.tensor([0.97, 1.0, 1.03], dtype=images.dtype,
-                                                                        device=images.device)[None, :, None, None]) * ring
-    prof = sample_bilinear(images, pts).mean(1)  # (B, T)
-    prof = prof - prof.mean(-1, keepdim=True)
-    ang = torch.atan2(reflections[..., 1], reflections[..., 0])  # (B, J)
-    on_ring = (lengths <= 1.05 * rho[:, None]).to(images.dtype)
-    width = (radius / rho)[:, None, None]
-    diff = torch.remainder(t[None, None] - ang[..., None] + math.pi, 2 * math.pi) - math.pi  # (B, J, T)
-    base = (on_ring[..., None] * torch.exp(-0.5 * (diff / (0.6 * width)) ** 2)).sum(1)
-    base = base - base.mean(-1, keepdim=True)
-    corr = torch.fft.irfft(torch.fft.rfft(prof) * torch.conj(torch.fft.rfft(base)), n=n_angles)
-    i = corr.argmax(-1)
-    # Parabolic refinement of the circular peak.
+    w = weights.expand(B, -1) if weights.dim() == 1 else weights
+    lengths = reflections.norm(dim=-1)  # (B, J)
+    angles = torch.atan2(reflections[..., 1], reflections[..., 0])
+    corr = torch.zeros(B, n_angles, dtype=dt, device=dev)
+    for s in torch.unique(shells).tolist():
+        sel = shells == s
+        rho = lengths[:, sel].mean(1)  # (B,)
+        edge = torch.minimum(torch.minimum(origin[:, 0], W - 1 - origin[:, 0]),
+                             torch.minimum(origin[:, 1], H - 1 - origin[:, 1]))
+        usable = (rho + radius < edge).to(dt)  # whole ring on the detector
+        if not bool(usable.any()):
+            continue
+        radii = rho[:, None] + torch.tensor([-0.5, 0.0, 0.5], dtype=dt, device=dev) * radius  # (B, 3)
+        pts = origin[:, None, None] + radii[:, :, None, None] * ring  # (B, 3, T, 2)
+        prof = sample_bilinear(images, pts).mean(1)  # (B, T)
+        prof = prof - prof.mean(-1, keepdim=True)
+        # Disks span about +-radius/rho: a wrapped triangle of that width
+        # smooths the profile and places each reflection's weight.
+        half = (radius / rho)[:, None, None]
+        diff = torch.remainder(t[None, None] - angles[:, sel, None] + math.pi, 2 * math.pi) - math.pi  # (B, Js, T)
+        tmpl = (w[:, sel, None] * (1 - diff.abs() / half).clamp_min(0)).sum(1)
+        tmpl = tmpl - tmpl.mean(-1, keepdim=True)
+        corr = corr + usable[:, None] * torch.fft.irfft(torch.fft.rfft(prof) * torch.conj(torch.fft.rfft(tmpl)),
+                                                        n=n_angles)
+    turns = torch.remainder(t + math.pi, 2 * math.pi) - math.pi
+    allowed = turns.abs() <= max_turn + 1e-9
+    i = torch.where(allowed, corr, torch.full_like(corr, -float("inf"))).argmax(-1)
     cm = corr.gather(1, ((i - 1) % n_angles)[:, None])[:, 0]
     c0 = corr.gather(1, i[:, None])[:, 0]
     cp = corr.gather(1, ((i + 1) % n_angles)[:, None])[:, 0]
     den = cm - 2 * c0 + cp
     frac = torch.where(den < 0, 0.5 * (cm - cp) / torch.where(den < 0, den, -torch.ones_like(den)), torch.zeros_like(den))
-    shift = (i.to(images.dtype) + frac.clamp(-0.5, 0.5)) * (2 * math.pi / n_angles)
-    gain = (c0 - corr[:, 0]) / c0.abs().clamp_min(1e-12)
-    return torch.remainder(shift + math.pi, 2 * math.pi) - math.pi, gain
+    turn = turns[i] + frac.clamp(-0.5, 0.5) * (2 * math.pi / n_angles)
+    score = (c0 - corr[:, 0]) / c0.abs().clamp_min(1e-12)
+    return turn, score

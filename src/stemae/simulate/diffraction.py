@@ -81,7 +81,11 @@ class SimulatedDatacube:
         ``e_yy``, ``e_xy`` (dimensionless) and ``theta`` (degrees): strain
         and rotation of each position relative to its own phase's unstrained,
         oriented lattice (``F = R U``); ``orientation`` (Ry, Rx): in-plane
-        orientation of the crystal in degrees.
+        orientation of the crystal in degrees; ``disk_positions``
+        (Ry, Rx, M, 2): Bragg-disk centres in pixels (NaN for unused slots)
+        and ``disk_intensity`` (Ry, Rx, M): each whole disk's expected
+        electrons (before the detector edge cuts it; a fraction of one
+        electron when ``dose`` is None).
     phases : list of Phase
     calibration : Calibration
     radius : float
@@ -140,6 +144,71 @@ def render_disks(
     flat = (b_idx[:, None, None] * Qy + py) * Qx + px
     out = np.bincount(flat[inside], weights=prof[inside], minlength=B * Qy * Qx)
     return out.reshape(B, Qy, Qx)
+
+
+def descan_origins(scan_shape: tuple[int, int], center, descan: float) -> np.ndarray:
+    """Central-beam position of every scan position, ``(Ry, Rx, 2)`` ``(x, y)``
+    pixels: ``center`` at the scan centre, drifting linearly by ``descan``
+    pixels along x over the scan columns and half that along y over the rows."""
+    Ry, Rx = scan_shape
+    v, u = np.meshgrid(
+        np.linspace(-0.5, 0.5, Ry) if Ry > 1 else [0.0],
+        np.linspace(-0.5, 0.5, Rx) if Rx > 1 else [0.0],
+        indexing="ij",
+    )
+    return np.stack([center[0] + descan * u, center[1] + 0.5 * descan * v], -1)
+
+
+def diffuse_background(origins: np.ndarray, shape: tuple[int, int], width: float) -> np.ndarray:
+    """Diffuse background of unit sum per pattern, a Lorentzian around the central beam.
+
+    Parameters
+    ----------
+    origins : ndarray (B, 2)
+        Central-beam positions ``(x, y)`` in pixels.
+    shape : (Qy, Qx)
+    width : float
+        Half width at half maximum in pixels.
+
+    Returns
+    -------
+    ndarray (B, Qy, Qx), float64, each pattern summing to 1 over the detector.
+    """
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    q2 = ((xx[None] - origins[:, 0, None, None]) ** 2 + (yy[None] - origins[:, 1, None, None]) ** 2) / width**2
+    bg = 1.0 / (1.0 + q2)
+    return bg / bg.sum(axis=(1, 2), keepdims=True)
+
+
+def detector_counts(patterns: np.ndarray, origins: np.ndarray, background: float, width: float,
+                    dose: float | None, rng: np.random.Generator) -> np.ndarray:
+    """Diffracted intensities turned into detector counts: a share ``background``
+    of the electrons moved into a diffuse background, then Poisson noise.
+
+    Parameters
+    ----------
+    patterns : ndarray (B, Qy, Qx)
+        Diffracted intensity (any scale; normalised to unit sum here).
+    origins : ndarray (B, 2)
+        Central-beam positions ``(x, y)``, pixels (the background's centre).
+    background : float
+        Fraction of the electrons in the background (0 for none).
+    width : float
+        Background half width at half maximum, pixels.
+    dose : float or None
+        Mean electrons per pattern; ``None`` returns expected counts per electron
+        (unit sum) without noise.
+    rng : numpy Generator
+
+    Returns
+    -------
+    ndarray (B, Qy, Qx): counts (float64 expected values when ``dose`` is None).
+    """
+    pat = np.asarray(patterns, dtype=np.float64)
+    pat = pat / pat.sum(axis=(1, 2), keepdims=True)
+    if background > 0:
+        pat = (1 - background) * pat + background * diffuse_background(origins, pat.shape[1:], width)
+    return pat if dose is None else rng.poisson(pat * dose)
 
 
 def _reflections(G_px: np.ndarray, g_max: float) -> np.ndarray:
@@ -278,16 +347,12 @@ def simulate_datacube(
     sig = max(Ry, Rx) / 8
     tilt = np.stack([_smooth_field(rng, (Ry, Rx), sig) for _ in range(2)], -1)
     thick = _smooth_field(rng, (Ry, Rx), sig)
-    v, u = np.meshgrid(
-        np.linspace(-0.5, 0.5, Ry) if Ry > 1 else [0.0],
-        np.linspace(-0.5, 0.5, Rx) if Rx > 1 else [0.0],
-        indexing="ij",
-    )
-    origin = np.stack([center[0] + descan * u, center[1] + 0.5 * descan * v], -1)
+    origin = descan_origins((Ry, Rx), center, descan)
 
-    yy, xx = np.mgrid[0:Qy, 0:Qx]
     q0 = 0.5 * g0 / q_pixel_size
     data = np.empty((Ry, Rx, Qy, Qx), dtype=np.float32)
+    disk_pos = np.full((Ry * Rx, n_refl, 2), np.nan, dtype=np.float32)
+    disk_int = np.zeros((Ry * Rx, n_refl), dtype=np.float32)
     flat_idx = np.arange(Ry * Rx)
     for start in range(0, Ry * Rx, batch):
         idx = flat_idx[start : start + batch]
@@ -317,17 +382,10 @@ def simulate_datacube(
             pos[sel, 1 : m + 1] = o[sel, None, :] + g
             amp[sel, 1 : m + 1] = a
         pat = render_disks(pos, amp, (Qy, Qx), radius, edge)
-        if background > 0:
-            q2 = ((xx[None] - o[:, 0, None, None]) ** 2 + (yy[None] - o[:, 1, None, None]) ** 2) / q0**2
-            bg = 1.0 / (1.0 + q2)
-            bg /= bg.sum(axis=(1, 2), keepdims=True)
-            pat = (1 - background) * pat / pat.sum(axis=(1, 2), keepdims=True) + background * bg
-        pat /= pat.sum(axis=(1, 2), keepdims=True)
-        if dose is None:
-            out = pat
-        else:
-            out = rng.poisson(pat * dose)
-        data.reshape(Ry * Rx, Qy, Qx)[idx] = out
+        disk_pos[idx] = pos[:, 1:]
+        scale = (1 - background) * (1.0 if dose is None else dose) / pat.sum(axis=(1, 2))  # as detector_counts
+        disk_int[idx] = amp[:, 1:] * scale[:, None]
+        data.reshape(Ry * Rx, Qy, Qx)[idx] = detector_counts(pat, o, background, q0, dose, rng)
 
     # Ground-truth strain of each position relative to its own phase.
     truth = {k: v.astype(np.float32) for k, v in strain_from_deformation(F).items()}
@@ -337,6 +395,8 @@ def simulate_datacube(
         origin=origin.astype(np.float32),
         phase=phase_map.astype(np.int16),
         orientation=orient.astype(np.float32),
+        disk_positions=disk_pos.reshape(Ry, Rx, n_refl, 2),
+        disk_intensity=disk_int.reshape(Ry, Rx, n_refl),
     )
     calibration = Calibration(
         r_pixel_size=r_pixel_size,

@@ -3,29 +3,33 @@
 Without labels, the model learns from a datacube:
 
 - ``K`` base lattices (one per phase or grain type): reciprocal bases
-  ``G_k`` in detector pixels plus the disk radius and edge (the probe
-  aperture image, shared);
+  ``G_k`` in detector pixels, found on pooled data (patterns of small tiles
+  of neighbouring positions summed on their central beams, so the lattice
+  shows at any dose where a sum shows it) and refined in training;
 - an encoder that maps each pattern to class logits and, for every class,
   an affine transform ``[A | t]`` (log scales, shear, rotation, translation
   for descan) taking the base onto the pattern.
 
 The decoder is a spatial transformer acting on the base's *lattice*: disks
-of fixed shape are drawn at ``o + A g_j``, because a strained crystal moves
-its disks without resizing them (warping a whole pattern would resize them
-too and bias the strain). Training minimises two cycle losses over the disk
-windows, outside the central beam and away from the detector edge:
+of the measured shape (the data's own mean central disk, or a pseudo-Voigt
+edge fitted to it) are drawn at ``o + A g_j``, because a strained crystal
+moves its disks without resizing them. The pattern model
+(:mod:`stemae.nn.lattice`) adds per-disk amplitudes and offsets and a
+diffuse background of measured radial shape. Training minimises two cycle
+losses, Poisson-weighted over the disks' edge bands, outside the central
+beam:
 
 1. forward: the input sampled on the base grid pulled through the transform
    against the base (whose disks are pre-distorted by ``A^-1`` so that no
    size change is implied);
 2. inverse: the base pushed through the transform against the input;
 
-each with per-disk amplitudes and local background solved in closed form
-(intensities vary across a scan), Poisson weights, and a small penalty that
-keeps ``A`` near a rotation. At prediction the encoder's transform is
-refined per pattern by a few Gauss-Newton steps on the inverse loss
-(:func:`stemae.nn.lattice.refine_lattice`), which gives sub-pixel precision;
-strain follows from ``G = A G_k`` through :mod:`stemae.geometry`.
+plus a small penalty that keeps ``A`` near a rotation. At prediction the
+encoder's transform is turned by a matched-filter orientation search over
+all reflection shells and refined per pattern by a maximum-likelihood fit
+(:func:`stemae.nn.lattice.fit_disk_lattice`) of every disk, those cut by the
+detector edge included, whose Fisher information gives each position's
+uncertainty; strain follows from ``G = A G_k`` through :mod:`stemae.geometry`.
 """
 
 from __future__ import annotations
@@ -42,25 +46,42 @@ from stemae.data.blocks import iter_row_blocks, read_patterns, rows_for_budget
 from stemae.geometry import reference_mask, rotation_matrix, strain_maps
 from stemae.nn.bundle import load_bundle, save_bundle
 from stemae.nn.lattice import (
-    disk_profile,
-    fit_amplitudes,
+    fit_disk_lattice,
     gather_windows,
-    refine_lattice,
-    ring_offsets,
-    ring_rotation,
+    linear_fit,
+    orientation_search,
+    profile_band,
     sample_bilinear,
+    table_lookup,
+    window_offsets,
 )
 from stemae.nn.transforms import affine_matrix
-from stemae.strain.classical import detect_disks, fit_lattices
-from stemae.strain.lattice import align_to_reference
+from stemae.strain.disks import estimate_probe, find_disks
+from stemae.strain.lattice import (
+    align_to_reference,
+    choose_basis,
+    fit_lattice,
+    lattice_points,
+    relabel_covariance,
+)
+from stemae.strain.lattice import orientation_search as index_search
+from stemae.strain.pooled import aligned_sum, beam_centers, lattice_check, tile_positions, tile_size
+from stemae.strain.profiles import (
+    BACKGROUND_DR,
+    DISK_DR,
+    background_profile,
+    disk_profile,
+    fit_pseudo_voigt,
+    ring_median_background,
+    shell_profiles,
+)
 
 KIND = "ccstae"
-RING_TRUST_DEG = 1.5  # encoder rotations within this of the ring estimate are kept
-RING_GAIN = 0.3  # training: ... and so are those the ring does not clearly improve on
-RING_GAIN_TRY = 0.05  # prediction: a second fit from the ring's turn is tried above this gain
-CHI2_MARGIN = 50.0  # ... and kept if its chi-square is lower by this much (noise gives a few)
+PROFILES = ("template", "voigt")
 CLASS_SCALE = 0.01  # distortion (log-stretch norm) that halves a class's weight, about 1 %
 N_OUT = 7  # log_sx, log_sy, shear, cos, sin, tx, ty
+TURN_MARGIN = math.radians(3.0)  # orientation search reaches this beyond the training sample's spread
+NOISE_FLOOR = 0.05  # smallest model value (counts) in Poisson weights
 
 
 def stretch(A: torch.Tensor) -> torch.Tensor:
@@ -103,32 +124,51 @@ class CCSTAE(nn.Module):
     ----------
     G : (K, 2, 2) initial base reciprocal bases, pixels, columns g1, g2
     hk : (J, 2) integer reflection indices drawn for every base
-    radius, edge : initial disk radius and edge blur, pixels
+    shells : (J,) shell index of each reflection (same ``|g|``)
+    strength : (K, J) typical amplitude of each reflection relative to the
+        pattern's total counts (weights of the orientation search)
+    disks : ``{"template": (S + 1, n), "voigt": (S + 1, n)}`` disk profiles
+        sampled every ``DISK_DR`` px, row 0 the central disk's and row
+        ``s + 1`` shell ``s``'s Bragg disks': as measured (the mean central
+        disk; each shell's pooled disks) and as pseudo-Voigt edges fitted to
+        those measurements
+    background : (m,) radial shape of the diffuse background, every ``BACKGROUND_DR`` px
+    radius : disk radius (half maximum), pixels
     center : (x, y) detector position of the central beam for zero translation
     pattern_shape : (Qy, Qx) detector shape the model was trained on
+    profile : which disk profile fits use, ``"template"`` or ``"voigt"``
+    max_turn : largest rotation (radians) the orientation search considers
     input_size : encoder input side
     """
 
-    def __init__(self, G, hk, radius: float, edge: float, center, pattern_shape, input_size: int = 32):
+    def __init__(self, G, hk, shells, strength, disks: dict, background, radius: float, center, pattern_shape, *,
+                 profile: str = "voigt", max_turn: float = math.pi, input_size: int = 32):
         super().__init__()
+        t = lambda a, dtype=torch.float32: torch.as_tensor(np.asarray(a), dtype=dtype)  # noqa: E731
         self.pattern_shape = tuple(int(v) for v in pattern_shape)
-        G = torch.as_tensor(np.asarray(G), dtype=torch.float32)
+        G = t(G)
         self.K = G.shape[0]
         self.input_size = input_size
+        self.radius = float(radius)
+        self.profile = profile
+        self.max_turn = float(max_turn)
         self.G = nn.Parameter(G.clone())
-        self.log_radius = nn.Parameter(torch.tensor(math.log(radius)))
-        self.log_edge = nn.Parameter(torch.tensor(math.log(edge)))
-        self.register_buffer("hk", torch.as_tensor(np.asarray(hk), dtype=torch.float32))
-        self.register_buffer("center", torch.as_tensor(np.asarray(center), dtype=torch.float32))
+        self.register_buffer("hk", t(hk))
+        self.register_buffer("shells", t(shells, torch.int64))
+        self.register_buffer("strength", t(strength))
+        self.register_buffer("disk_template", t(disks["template"]))
+        self.register_buffer("disk_voigt", t(disks["voigt"]))
+        self.register_buffer("background", t(background))
+        self.register_buffer("center", t(center))
         self.encoder = Encoder(input_size, self.K * (N_OUT + 1))
 
-    @property
-    def radius(self):
-        return self.log_radius.exp()
+    def disk(self) -> torch.Tensor:
+        """The disk profiles fits use (see ``profile``), (S + 1, n)."""
+        return self.disk_voigt if self.profile == "voigt" else self.disk_template
 
-    @property
-    def edge(self):
-        return self.log_edge.exp()
+    def rows(self) -> torch.Tensor:
+        """Profile row of each reflection (its shell + 1), (J,)."""
+        return self.shells + 1
 
     def reflections(self) -> torch.Tensor:
         """Base reflection vectors ``(K, J, 2)`` in pixels."""
@@ -145,125 +185,261 @@ class CCSTAE(nn.Module):
         M = affine_matrix(params)
         return logits, M[..., :2], self.center + M[..., 2], params
 
-    def cycle_losses(self, patterns, A, origin, noise_floor: float = 1.0):
+    def cycle_losses(self, patterns, A, origin):
         """Forward and inverse cycle losses per pattern and class, ``(B, K)`` each.
 
-        Windows lie on the edge band of every disk (the central beam
-        excluded) whose centre is at least one radius inside the detector.
+        Both compare the Poisson-weighted chi-square of the pattern model over
+        the edge bands of every Bragg disk whose centre lies at least a radius
+        inside the detector with that of the same windows without disks: the
+        share of the windows' contrast the disks leave unexplained (1 when
+        they miss, lowest when they sit on the pattern's disks).
         """
         B, H, W = patterns.shape
-        R, s = self.radius, self.edge
-        offsets = ring_offsets(float(R.detach()), float(s.detach()), patterns.device)
+        K = self.K
+        disk = self.disk()
+        bands = [profile_band(d, DISK_DR) for d in disk]
+        inner, outer = min(b[0] for b in bands), max(b[1] for b in bands)
+        offsets = window_offsets(outer, inner, patterns.device)
         g = self.reflections()  # (K, J, 2)
+        J = g.shape[1]
+        rows = self.rows().repeat(K).view(1, K * J, 1)
         centers = origin[:, :, None] + torch.einsum("bkij,kmj->bkmi", A, g)  # (B, K, J, 2)
-        margin = float(R.detach()) + 1.0
+        margin = self.radius + 1.0
         on = ((centers[..., 0] > margin) & (centers[..., 0] < W - 1 - margin)
               & (centers[..., 1] > margin) & (centers[..., 1] < H - 1 - margin)).to(patterns.dtype)
-        K, J = g.shape[:2]
         flat_c = centers.reshape(B, K * J, 2)
+        o_flat = origin.repeat_interleave(J, dim=1)  # (B, K*J, 2)
+
+        def loss(vals, r, r_bg, w0):
+            # Chi-square of the model over that of the same model without its
+            # disks (offsets and background only): near 1 where the windows
+            # miss the disks, smallest where they sit on them.
+            shape = (B * K, J, -1)
+            vals, w0 = vals.reshape(shape), w0.reshape(shape)
+            prof = table_lookup(disk, DISK_DR, r, rows)[0].reshape(shape)
+            m = table_lookup(self.background, BACKGROUND_DR, r_bg)[0].reshape(shape)
+            model, a, _, _ = linear_fit(vals, prof, m, w0, True)
+            w = w0 / (model.detach().clamp_min(0) + NOISE_FLOOR)
+            model, a, _, _ = linear_fit(vals, prof, m, w, True)
+            chi = (w * (vals - model) ** 2).sum(-1)
+            wp = w * prof
+            explained = a * a * ((wp * prof).sum(-1) - wp.sum(-1) ** 2 / w.sum(-1).clamp_min(1e-12))
+            chi, explained = chi.reshape(B, K, J).sum(-1), explained.reshape(B, K, J).sum(-1)
+            return chi / (chi + explained).clamp_min(1e-12)
+
         # Inverse cycle: base drawn through the transform, at the input's pixels.
         vals, coords, inside = gather_windows(patterns, flat_c, offsets)
         r = (coords - flat_c[:, :, None]).norm(dim=-1)
-        prof = disk_profile(r, R, s)
-        w0 = inside.to(patterns.dtype) * on.reshape(B, K * J, 1)
-        a, c = fit_amplitudes(vals, prof, w0)
-        model = a[..., None] * prof + c[..., None]
-        w = w0 / (model.detach().clamp_min(0) + noise_floor)
-        inv = (w * (vals - model) ** 2).reshape(B, K, -1).sum(-1) / w0.reshape(B, K, -1).sum(-1).clamp_min(1)
+        w0 = inside.to(patterns.dtype) * on.reshape(B, K * J, 1) * ((r >= inner) & (r <= outer))
+        inv = loss(vals, r, (coords - o_flat[:, :, None]).norm(dim=-1), w0)
         # Forward cycle: the input pulled onto the base grid through the transform.
-        d = offsets.to(patterns.dtype)  # base-frame offsets around each base disk
-        pts = flat_c[:, :, None] + torch.einsum("bkij,pj->bkpi", A, d).repeat_interleave(J, dim=1)
+        d = offsets.to(patterns.dtype)
+        Ad = torch.einsum("bkij,pj->bkpi", A, d).repeat_interleave(J, dim=1)  # (B, K*J, P, 2)
+        pts = flat_c[:, :, None] + Ad
         vals_f = sample_bilinear(patterns, pts)
-        # In the base frame a real (unresized) disk appears distorted by A^-1.
-        r_f = torch.einsum("bkij,pj->bkpi", A, d).norm(dim=-1).repeat_interleave(J, dim=1)
-        # Interpolation blurs the sampled input: the disk shape learns from the
-        # inverse cycle only, which reads whole pixels.
-        prof_f = disk_profile(r_f, R.detach(), s.detach())
-        a_f, c_f = fit_amplitudes(vals_f, prof_f, w0)
-        model_f = a_f[..., None] * prof_f + c_f[..., None]
-        w_f = w0 / (model_f.detach().clamp_min(0) + noise_floor)
-        fwd = (w_f * (vals_f - model_f) ** 2).reshape(B, K, -1).sum(-1) / w0.reshape(B, K, -1).sum(-1).clamp_min(1)
+        r_f = Ad.norm(dim=-1)  # in the base frame a real (unresized) disk appears distorted by A^-1
+        w0_f = on.reshape(B, K * J, 1) * ((r_f >= inner) & (r_f <= outer))
+        fwd = loss(vals_f, r_f, (pts - o_flat[:, :, None]).norm(dim=-1), w0_f)
         return fwd, inv
 
+    def seed_rotation(self, x: torch.Tensor, A: torch.Tensor, origin: torch.Tensor, k) -> torch.Tensor:
+        """Transforms ``A`` (B, 2, 2) of base ``k`` (an int, or (B,) per
+        pattern) turned by the orientation search
+        (:func:`~stemae.nn.lattice.orientation_search`) within ``max_turn``.
+        No gradient flows through the turn."""
+        with torch.no_grad():
+            g = self.reflections()[k]
+            g = g.expand(len(x), -1, -1) if g.dim() == 2 else g
+            strength = self.strength[k]
+            turn, _ = orientation_search(x, origin, g @ A.transpose(-1, -2), strength, self.shells, self.radius,
+                                         max_turn=self.max_turn)
+            c, s = torch.cos(turn), torch.sin(turn)
+            R = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+        return R @ A
 
-def seed_rotation(x: torch.Tensor, A: torch.Tensor, origin: torch.Tensor, reflections: torch.Tensor,
-                  radius: float, min_gain: float = RING_GAIN) -> tuple[torch.Tensor, torch.Tensor]:
-    """Transforms ``A`` (B, 2, 2) turned to match each pattern's first
-    reflection ring (:func:`stemae.nn.lattice.ring_rotation`) where the two
-    disagree by more than ``RING_TRUST_DEG`` and the turn improves the ring
-    match by more than ``min_gain``, so that fits start close in any grain
-    orientation. ``origin`` (B, 2); ``reflections`` (B, J, 2) or (J, 2), the
-    base's. No gradient flows through the correction.
 
-    Returns
-    -------
-    A : (B, 2, 2), turned where taken; taken : (B,) bool
-    """
+def _fit_origins(patterns: np.ndarray, origins: np.ndarray, disk: np.ndarray, radius: float) -> np.ndarray:
+    """Central-beam positions ``(B, 2)`` refined by a likelihood fit of the central disk alone."""
+    x = torch.as_tensor(patterns, dtype=torch.float32)
+    eye = torch.eye(2).expand(len(x), 2, 2)
     with torch.no_grad():
-        turned = reflections @ A.transpose(-1, -2)
-        turn, gain = ring_rotation(x, origin, turned, radius)
-        taken = (turn.abs() > math.radians(RING_TRUST_DEG)) & (gain > min_gain)
-        turn = torch.where(taken, turn, torch.zeros_like(turn))
-        c, s = torch.cos(turn), torch.sin(turn)
-        R = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
-    return R @ A, taken
-
-
-def _init_bases(data, n_classes: int, n_init: int, seed: int, progress: bool):
-    """Base lattices from a classical fit of a sample of patterns, clustered
-    into ``n_classes`` groups by their lattice shape (k-means)."""
-    Ry, Rx = data.shape[:2]
-    rng = np.random.default_rng(seed)
-    n = min(n_init, Ry * Rx)
-    idx = np.sort(rng.choice(Ry * Rx, n, replace=False))
-    r, c = np.unravel_index(idx, (Ry, Rx))
-    sample = read_patterns(data, r, c)[:, None]
-    disks = detect_disks(sample, progress=progress)
-    # Index against the lattice of the pattern with the strongest disks (a
-    # Bragg vector map over many grains would mix orientations).
-    best = np.zeros(disks["intensity"].shape[:2], bool)
-    best.flat[int(np.argmax(np.sort(disks["intensity"], axis=-1)[..., -8:-1].sum(-1)))] = True
-    fit = fit_lattices(disks, reference=best)
-    G = fit["G"].reshape(-1, 2, 2)
-    ok = np.isfinite(G).all(axis=(1, 2))
-    if ok.sum() < n_classes:
-        raise ValueError("too few patterns could be indexed to initialise the bases")
-    # Cluster lattice *shapes*: turn every lattice so that g1 lies along +x
-    # (grains of one phase in other orientations then fall together). Each
-    # base is its members' median shape in the orientation of its most
-    # typical member.
-    G = align_to_reference(G[ok], G[ok][0])
-    phi = np.arctan2(G[:, 1, 0], G[:, 0, 0])
-    shapes = align_to_reference(rotation_matrix(-phi) @ G, rotation_matrix(-phi[0]) @ G[0])
-    feats = shapes.reshape(len(G), 4)
-    scale = feats.std(0) + 1e-12
-    _, label = kmeans2(feats / scale, n_classes, minit="++", seed=seed)
-    Gk = []
-    for j in range(n_classes):
-        members = np.flatnonzero(label == j) if (label == j).any() else np.arange(len(G))
-        shape = np.median(feats[members], axis=0)
-        typical = members[np.argmin(np.abs(feats[members] - shape).sum(1))]
-        Gk.append(rotation_matrix(phi[typical]) @ shape.reshape(2, 2))
-    Gk = np.array(Gk)
-    order = np.argsort(-np.abs(np.linalg.det(Gk)))  # class 0: largest reciprocal cell
-    return Gk[order], disks["radius"], disks["center"]
+        out = fit_disk_lattice(x, torch.as_tensor(origins, dtype=torch.float32), eye, torch.zeros(0, 2),
+                               torch.as_tensor(disk), DISK_DR, radius, iterations=3, noise_floor=NOISE_FLOOR)
+    return out["origin"].double().numpy()
 
 
 def _reflection_indices(G: np.ndarray, center, shape, radius: float) -> np.ndarray:
-    """Indices (J, 2) of reflections whose disks lie fully on the detector for
-    every base in ``G`` (K, 2, 2) (with a 3 % margin for strain)."""
+    """Indices (J, 2) of reflections whose disks reach the detector (centre
+    at most half a radius off it) for some base in ``G`` (K, 2, 2) at up to
+    3 % strain; the fits drop those that fall off per pattern."""
     Qy, Qx = shape
     gmin = np.linalg.norm(G, axis=1).min()
     n = int(np.ceil(max(Qy, Qx) / gmin)) + 1
     h, k = np.meshgrid(np.arange(-n, n + 1), np.arange(-n, n + 1), indexing="ij")
     hk = np.stack([h.ravel(), k.ravel()], 1)
     hk = hk[(hk != 0).any(1)]
-    ok = np.ones(len(hk), bool)
+    ok = np.zeros(len(hk), bool)
+    m = 0.5 * radius
     for Gk in G:
-        for f in (0.97, 1.03):
+        for f in (0.97, 1.0, 1.03):
             p = np.asarray(center) + f * hk @ Gk.T
-            ok &= (p[:, 0] > radius + 2) & (p[:, 0] < Qx - 3 - radius) & (p[:, 1] > radius + 2) & (p[:, 1] < Qy - 3 - radius)
+            ok |= (p[:, 0] > -m) & (p[:, 0] < Qx - 1 + m) & (p[:, 1] > -m) & (p[:, 1] < Qy - 1 + m)
     return hk[ok]
+
+
+def _shells(hk: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """Shell index (J,) of each reflection: equal ``|g|`` in base ``G`` to 2 %."""
+    length = np.linalg.norm(hk @ G.T, axis=1)
+    return np.unique(np.round(np.log(length) / 0.02).astype(int), return_inverse=True)[1].ravel()
+
+
+def initialise(data, n_classes: int, n_init: int, seed: int, progress: bool = False) -> dict:
+    """Everything the model starts from, measured on pooled data.
+
+    1. The probe: centre and radius from a few patterns; the disk profile
+       (mean central disk of the sample, origins refined by a likelihood fit
+       of the central disk) and a pseudo-Voigt edge fitted to it.
+    2. The lattices: tiles of neighbouring positions (as many as it takes
+       for about ``TILE_COUNTS`` scattered electrons per tile, see
+       :func:`~stemae.strain.pooled.tile_size`) summed on their central
+       beams; disks found in each sum (after removing the ring-median
+       background); every sum's lattice indexed against the sum with the
+       strongest disks (with an orientation search for other grains); the
+       lattice shapes clustered into ``n_classes`` bases.
+    3. Per pattern of the sample, a likelihood fit started from its tile's
+       lattice: the background's radial shape (pixels outside all disks),
+       each reflection's typical strength, and the spread of orientations,
+       which bounds the orientation search at prediction.
+
+    Returns
+    -------
+    dict of ``G`` (K, 2, 2), ``hk``, ``shells``, ``strength`` (K, J),
+    ``disks`` (template and voigt tables), ``voigt`` (its parameters),
+    ``background``, ``radius``, ``center``, ``max_turn`` (radians), ``tile``
+    (side in scan positions), ``check`` (:func:`~stemae.strain.pooled.lattice_check`
+    of the tile sums).
+    """
+    Ry, Rx, Qy, Qx = data.shape
+    rng = np.random.default_rng(seed)
+    probe_idx = rng.choice(Ry * Rx, min(64, Ry * Rx), replace=False)
+    first = read_patterns(data, *np.unravel_index(probe_idx, (Ry, Rx)))
+    center0, r0 = estimate_probe(first)
+    tile = tile_size(first, center0, r0)
+    rows, cols = tile_positions((Ry, Rx), tile, max(8, int(np.ceil(n_init / tile**2))), seed)
+    T, n = rows.shape
+    patterns = read_patterns(data, rows.ravel(), cols.ravel())
+    origins = beam_centers(patterns, r0, center0)
+    disk, radius = disk_profile(patterns, origins, r0)
+    origins = _fit_origins(patterns, origins, disk, radius)
+    disk, radius = disk_profile(patterns, origins, radius)
+    voigt, voigt_params = fit_pseudo_voigt(disk)
+
+    # Lattices of the tile sums (each summed on its first pattern's beam).
+    base_o = origins.reshape(T, n, 2)[:, 0]
+    sums = np.stack([aligned_sum(patterns[t * n : (t + 1) * n], origins[t * n : (t + 1) * n], np.round(base_o[t]))
+                     for t in range(T)])
+    base_o = np.round(base_o)
+    clean = np.stack([s - ring_median_background(s, o, radius + 3) for s, o in zip(sums, base_o)])
+    disks = find_disks(clean, radius, np.median(base_o, 0), min_relative_intensity=0.02, max_peaks=64)
+    strong = int(np.argmax(np.sort(disks["intensity"], axis=-1)[..., -8:-1].sum(-1)))
+    v = disks["positions"][strong] - disks["positions"][strong, disks["central"][strong]]
+    w = np.where(np.arange(len(v)) == disks["central"][strong], 0.0, disks["intensity"][strong])
+    ok = np.isfinite(v).all(-1) & (w > 0)
+    pts, st = lattice_points(v[ok], w[ok], radius, float(np.abs(v[ok]).max()) + 2 if ok.any() else 2 * radius)
+    G0 = choose_basis(pts, st, min_length=1.5 * radius)
+    tol = 0.15 * np.linalg.norm(G0, axis=0).min()
+    P, Wt, C = disks["positions"], disks["intensity"], disks["central"]
+    fit = fit_lattice(P, Wt, C, G0, tol)
+    lost = ~fit["ok"] | (fit["fraction"] < 0.6)
+    if lost.any():
+        start = np.broadcast_to(G0, (T, 2, 2)).copy()
+        start[lost] = rotation_matrix(index_search(P[lost], Wt[lost], C[lost], G0, tol)) @ G0
+        redo = fit_lattice(P, Wt, C, start, tol)
+        for k in fit:
+            fit[k][lost] = redo[k][lost]
+    good = fit["ok"]
+    if good.sum() < n_classes:
+        raise ValueError("too few tiles could be indexed to find the lattice: is there a crystal in the scan?")
+    G_t = align_to_reference(fit["G"][good], G0)
+    check = lattice_check({k: v[good] for k, v in disks.items() if k != "radius"}, G_t, radius)
+    # Cluster lattice *shapes*: each lattice turned so that g1 lies along +x.
+    phi = np.arctan2(G_t[:, 1, 0], G_t[:, 0, 0])
+    shapes = align_to_reference(rotation_matrix(-phi) @ G_t, rotation_matrix(-phi[0]) @ G_t[0])
+    feats = shapes.reshape(len(G_t), 4)
+    _, label = kmeans2(feats / (feats.std(0) + 1e-12), n_classes, minit="++", seed=seed)
+    Gk = []
+    for j in range(n_classes):
+        members = np.flatnonzero(label == j) if (label == j).any() else np.arange(len(G_t))
+        shape = np.median(feats[members], axis=0)
+        typical = members[np.argmin(np.abs(feats[members] - shape).sum(1))]
+        Gk.append(rotation_matrix(phi[typical]) @ shape.reshape(2, 2))
+    Gk = np.array(Gk)
+    order = np.argsort(-np.abs(np.linalg.det(Gk)))  # class 0: largest reciprocal cell
+    Gk = Gk[order]
+    label = np.argsort(order)[label]
+    center = np.median(origins, 0)
+    hk = _reflection_indices(Gk, center, (Qy, Qx), radius)
+    shells = _shells(hk, Gk[0])
+
+    # Per-pattern likelihood fits from each tile's lattice.
+    tiles_ok = np.flatnonzero(good)
+    sel = np.concatenate([np.arange(t * n, (t + 1) * n) for t in tiles_ok])
+    cls = np.repeat(label, n)
+    Gstart = np.repeat(G_t, n, 0)
+    A0 = Gstart @ np.linalg.inv(Gk[cls])
+    x = torch.as_tensor(patterns[sel])
+    g = torch.as_tensor((hk @ np.swapaxes(Gk, -1, -2))[cls], dtype=torch.float32)  # (N, J, 2)
+    o = torch.as_tensor(origins[sel], dtype=torch.float32)
+    with torch.no_grad():
+        first_fit = fit_disk_lattice(x, o, torch.as_tensor(A0, dtype=torch.float32), g, torch.as_tensor(disk),
+                                     DISK_DR, radius, iterations=4, regather=(1, 2, 3), noise_floor=NOISE_FLOOR)
+        centres = (first_fit["origin"][:, None] + g @ first_fit["A"].transpose(-1, -2)).double().numpy()
+        background = background_profile(patterns[sel], first_fit["origin"].double().numpy(), centres, radius)
+        bg = torch.as_tensor(background)
+        second = fit_disk_lattice(x, first_fit["origin"], first_fit["A"], g, torch.as_tensor(disk), DISK_DR, radius,
+                                  background=bg, iterations=2, regather=(1,), local_background=False,
+                                  noise_floor=NOISE_FLOOR)
+        # Each shell's Bragg disks, measured around their fitted centres.
+        o2 = second["origin"].double().numpy()
+        centres = o2[:, None] + (g @ second["A"].transpose(-1, -2)).double().numpy()
+        amps = second["amplitudes"][:, 1:].double().numpy()
+        centres[~second["on"][:, 1:].numpy()] = np.nan
+        measured = shell_profiles(patterns[sel], o2, centres, amps, background, second["background"].double().numpy(),
+                                  shells, radius)
+        n_tab = len(disk)
+        template, fitted, shell_params = [disk], [voigt], []
+        measured = np.pad(measured, ((0, 0), (0, max(0, n_tab - measured.shape[1]))))[:, :n_tab]
+        for prof in measured:
+            if np.isfinite(prof).all():
+                v, par = fit_pseudo_voigt(prof, radius=radius)
+            else:
+                prof, v, par = disk, voigt, dict(voigt_params)
+            template.append(prof)
+            fitted.append(v)
+            shell_params.append(par)
+        tables = dict(template=np.stack(template), voigt=np.stack(fitted))
+        rows = torch.as_tensor(shells + 1)
+        second = fit_disk_lattice(x, second["origin"], second["A"], g, torch.as_tensor(tables["voigt"]), DISK_DR,
+                                  radius, rows=rows, background=bg, iterations=3, regather=(1, 2),
+                                  local_background=False, noise_floor=NOISE_FLOOR)
+    total = np.maximum(patterns[sel].sum((1, 2)), 1.0)
+    amp = second["amplitudes"][:, 1:].double().numpy() / total[:, None]
+    amp = np.where(second["on"][:, 1:].numpy(), amp, np.nan)
+    strength = np.zeros((n_classes, len(hk)))
+    for k in range(n_classes):
+        seen = np.isfinite(amp[cls == k]).any(0)
+        if seen.any():
+            strength[k, seen] = np.nanmedian(amp[cls == k][:, seen], axis=0).clip(0, None)
+    # Orientation spread of the sample, relative to each base, modulo the lattice symmetry.
+    A_fit = second["A"].double().numpy()
+    G_fit = align_to_reference(A_fit @ Gk[cls], Gk[cls])
+    angle = lambda G: np.arctan2(G[:, 1, 0], G[:, 0, 0])  # noqa: E731
+    turn = np.abs(np.remainder(angle(G_fit) - angle(Gk[cls]) + np.pi, 2 * np.pi) - np.pi)
+    spread = float(np.percentile(turn, 99)) if len(turn) else np.pi
+    max_turn = np.pi if spread > math.radians(10) else spread + TURN_MARGIN
+    return dict(G=Gk, hk=hk, shells=shells, strength=strength, disks=tables,
+                voigt=dict(central=voigt_params, shells=shell_params), background=background, radius=radius,
+                center=center, max_turn=max_turn, tile=int(tile), check=check)
 
 
 def fit(
@@ -276,6 +452,7 @@ def fit(
     batch_size: int = 128,
     lr: float = 2e-3,
     reg: float = 1e-3,
+    profile: str = "voigt",
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
@@ -288,9 +465,14 @@ def fit(
     n_classes : number of bases (phases or grain types)
     epochs : passes over the training sample
     n_train : patterns drawn (without replacement, seeded) to train on
-    n_init : patterns fitted classically to initialise the bases
+    n_init : patterns (in tiles of neighbours) the bases, disk and background
+        shapes are measured on (see :func:`initialise`)
     batch_size, lr : optimiser settings (Adam)
     reg : weight of the penalty on stretch and shear of ``A``
+    profile : disk profiles for the fits, ``"voigt"`` (pseudo-Voigt edges
+        fitted to the measured central disk and to each shell's pooled Bragg
+        disks: smooth, so the Fisher information is right) or ``"template"``
+        (those measurements themselves)
     seed : makes the whole fit deterministic
     device : ``"cpu"`` or ``"cuda"``
     progress : show progress bars
@@ -298,18 +480,21 @@ def fit(
     Returns
     -------
     model : CCSTAE
-    record : dict with the per-epoch ``loss`` and the settings used
+    record : dict with the per-epoch ``loss``, the settings used, the
+        indexing check of the pooled lattice and the pseudo-Voigt parameters
     """
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    Gk, radius, center = _init_bases(data, n_classes, n_init, seed, progress)
-    hk = _reflection_indices(Gk, center, data.shape[2:], radius)
-    model = CCSTAE(Gk, hk, radius, 0.5, center, data.shape[2:]).to(device)
+    init = initialise(data, n_classes, n_init, seed, progress)
+    model = CCSTAE(init["G"], init["hk"], init["shells"], init["strength"], init["disks"], init["background"],
+                   init["radius"], init["center"], data.shape[2:], profile=profile, max_turn=init["max_turn"]).to(device)
     Ry, Rx = data.shape[:2]
     idx = np.sort(rng.choice(Ry * Rx, min(n_train, Ry * Rx), replace=False))
     r, c = np.unravel_index(idx, (Ry, Rx))
     train = torch.as_tensor(read_patterns(data, r, c)).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam([p for p in model.parameters()], lr=lr)
     losses = []
     bar = tqdm(range(epochs), desc="ccstae epochs", disable=not progress, leave=False)
     for _ in bar:
@@ -317,12 +502,13 @@ def fit(
         total = 0.0
         for start in range(0, len(train), batch_size):
             x = train[perm[start : start + batch_size]]
-            logits, A, origin, params = model(x)
-            g = model.reflections()
-            A = torch.stack([seed_rotation(x, A[:, k], origin[:, k], g[k], model.radius.item())[0]
-                             for k in range(model.K)], 1)
+            logits, A_enc, origin, params = model(x)
+            A = torch.stack([model.seed_rotation(x, A_enc[:, k], origin[:, k], k) for k in range(model.K)], 1)
             fwd, inv = model.cycle_losses(x, A, origin)
-            per_class = fwd + inv + reg * (params[..., :3] ** 2).sum(-1) / 0.05**2
+            # The encoder learns the orientation search's turn too (without
+            # this its own rotation would drift, the turn making up for it).
+            turned = ((A_enc - A.detach()) ** 2).sum((-1, -2)) / 0.01**2
+            per_class = fwd + inv + reg * ((params[..., :3] ** 2).sum(-1) / 0.05**2 + turned)
             # Every base learns a transform for every pattern; a pattern's
             # class is the base it fits with the least distortion, and mostly
             # that base's lattice learns from it.
@@ -337,27 +523,48 @@ def fit(
         losses.append(total / len(train))
         bar.set_postfix(loss=f"{losses[-1]:.4g}")
     record = dict(loss=losses, epochs=epochs, n_train=len(train), n_init=n_init, batch_size=batch_size, lr=lr,
-                  reg=reg, seed=seed, n_classes=n_classes)
+                  reg=reg, seed=seed, n_classes=n_classes, profile=profile, tile=init["tile"],
+                  indexing=init["check"], voigt=init["voigt"], max_turn_deg=math.degrees(init["max_turn"]))
     return model, record
 
 
+OUTPUTS = {"G": (2, 2), "cov": (4, 4), "origin": (2,), "phase": (), "probabilities": None, "chi2": (),
+           "n_disks": (), "disk_intensity": None, "background": ()}
+
+
 @torch.no_grad()
-def predict(model: CCSTAE, data, *, batch_size: int = 256, refine_iterations: int = 3, device: str = "cpu",
+def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, device: str = "cpu",
             progress: bool = False) -> dict[str, np.ndarray]:
-    """Transforms, classes and lattices of every pattern.
+    """Transforms, classes, lattices and their uncertainties for every pattern.
+
+    Per batch: the encoder's transform for its most likely class, turned by
+    the orientation search, then :func:`~stemae.nn.lattice.fit_disk_lattice`
+    (windows gathered again at every step, so a start a few pixels off
+    converges).
 
     Returns
     -------
     dict with ``G`` (Ry, Rx, 2, 2) local reciprocal bases in pixels,
-    ``origin`` (Ry, Rx, 2), ``phase`` (Ry, Rx) class index,
-    ``probabilities`` (Ry, Rx, K), ``rms`` (Ry, Rx) fit residual and
-    ``n_disks`` (Ry, Rx).
+    ``cov`` (Ry, Rx, 4, 4) their covariance (inverse Fisher information;
+    row-major entries), ``origin`` (Ry, Rx, 2), ``phase`` (Ry, Rx) class
+    index, ``probabilities`` (Ry, Rx, K), ``chi2`` (Ry, Rx) Pearson
+    chi-square per degree of freedom (about 1 where the model fits),
+    ``n_disks`` (Ry, Rx) Bragg disks fitted, ``disk_intensity`` (Ry, Rx, J)
+    each reflection's integrated counts (``model.hk`` order; NaN where its
+    disk is off the detector) and ``background`` (Ry, Rx) the diffuse
+    background's scale (counts per pixel where its shape is 1).
     """
     model = model.to(device).eval()
     Ry, Rx, Qy, Qx = data.shape
-    R, s = model.radius.item(), model.edge.item()
+    if (Qy, Qx) != model.pattern_shape:
+        raise ValueError(f"patterns are {Qy}x{Qx} but the model was trained on "
+                         f"{model.pattern_shape[0]}x{model.pattern_shape[1]}")
+    disk = model.disk()
+    r_tab = torch.arange(disk.shape[-1], dtype=torch.float64, device=disk.device) * DISK_DR
+    area = ((2 * math.pi * r_tab * disk.double()).sum(-1) * DISK_DR)[model.rows()].float()  # (J,) px
     g_all = model.reflections()
-    out = {k: [] for k in ("G", "origin", "phase", "probabilities", "rms", "n_disks")}
+    G_inv = torch.linalg.inv(model.G)
+    out = {k: [] for k in OUTPUTS}
     bar = tqdm(total=Ry * Rx, unit="pattern", desc="ccstae predict", disable=not progress, leave=False)
     rows = rows_for_budget(data.shape, 32 * 2**20)
     for _, block in iter_row_blocks(data, rows):
@@ -367,31 +574,38 @@ def predict(model: CCSTAE, data, *, batch_size: int = 256, refine_iterations: in
             logits, A, origin, _ = model(x)
             k = logits.argmax(-1)
             b = torch.arange(len(x), device=device)
-            o0, A0, g = origin[b, k], A[b, k], g_all[k]
-            o, A1, rms, nd, chi2 = refine_lattice(x, o0, A0, g, R, s, iterations=refine_iterations)
-            # Where the first reflection ring suggests another orientation, fit
-            # from there too; keep that fit only if it is decisively better
-            # (a chi-square drop far beyond what fitting noise gives).
-            A_turned, alt = seed_rotation(x, A0, o0, g, R, min_gain=RING_GAIN_TRY)
-            if alt.any():
-                o2, A2, rms2, nd2, chi2b = refine_lattice(x[alt], o0[alt], A_turned[alt], g[alt], R, s,
-                                                          iterations=refine_iterations)
-                better = torch.zeros_like(alt)
-                better[alt] = chi2b < chi2[alt] - CHI2_MARGIN
-                sub = better[alt]
-                o[better], A1[better], rms[better], nd[better] = o2[sub], A2[sub], rms2[sub], nd2[sub]
-            G = A1 @ model.G[k]
+            o0, g = origin[b, k], g_all[k]
+            A0 = model.seed_rotation(x, A[b, k], o0, k)
+            fit_ = fit_disk_lattice(x, o0, A0, g, disk, DISK_DR, model.radius, rows=model.rows(),
+                                    background=model.background,
+                                    background_dr=BACKGROUND_DR, iterations=iterations,
+                                    regather=tuple(range(iterations)), coarse=1, local_background=False,
+                                    noise_floor=NOISE_FLOOR)
+            G = fit_["A"] @ model.G[k]
             # Phase: the base this refined lattice matches with least distortion.
-            distortion = stretch(G[:, None] @ torch.linalg.inv(model.G)[None])
+            distortion = stretch(G[:, None] @ G_inv[None])
+            # Covariance of G = A G_k (row-major): each row of A times G_k.
+            info = fit_["information"].double()
+            info = info + 1e-9 * torch.diagonal(info, dim1=-2, dim2=-1).mean(-1)[:, None, None] * torch.eye(
+                6, dtype=info.dtype, device=info.device)
+            cov_A = torch.linalg.inv(info)[:, 2:, 2:]
+            Kt = torch.zeros(len(x), 4, 4, dtype=cov_A.dtype, device=device)
+            Gt = model.G[k].transpose(-1, -2).double()
+            Kt[:, :2, :2] = Gt
+            Kt[:, 2:, 2:] = Gt
+            on = fit_["on"][:, 1:]
             out["G"].append(G.cpu().numpy())
-            out["origin"].append(o.cpu().numpy())
+            out["cov"].append((Kt @ cov_A @ Kt.transpose(-1, -2)).cpu().numpy())
+            out["origin"].append(fit_["origin"].cpu().numpy())
             out["phase"].append(distortion.argmin(-1).cpu().numpy())
             out["probabilities"].append(torch.softmax(-0.5 * (distortion / CLASS_SCALE) ** 2, -1).cpu().numpy())
-            out["rms"].append(rms.cpu().numpy())
-            out["n_disks"].append(nd.cpu().numpy())
+            out["chi2"].append((fit_["chi2"] / fit_["dof"].clamp_min(1)).cpu().numpy())
+            out["n_disks"].append(on.sum(1).cpu().numpy())
+            out["disk_intensity"].append(torch.where(on, fit_["amplitudes"][:, 1:] * area, torch.nan).cpu().numpy())
+            out["background"].append(fit_["background"].cpu().numpy())
             bar.update(len(x))
     bar.close()
-    shapes = {"G": (2, 2), "origin": (2,), "phase": (), "probabilities": (model.K,), "rms": (), "n_disks": ()}
+    shapes = dict(OUTPUTS, probabilities=(model.K,), disk_intensity=(model.hk.shape[0],))
     return {k: np.concatenate(v).reshape((Ry, Rx) + shapes[k]) for k, v in out.items()}
 
 
@@ -402,40 +616,51 @@ def save(model: CCSTAE, path, record: dict | None = None):
         input_size=model.input_size,
         pattern_shape=list(model.pattern_shape),
         n_reflections=int(model.hk.shape[0]),
-        radius=model.radius.item(),
-        edge=model.edge.item(),
+        radius=model.radius,
+        profile=model.profile,
+        max_turn=model.max_turn,
         training=record or {},
     )
     return save_bundle(path, KIND, config, model.state_dict())
 
 
-def load(path) -> CCSTAE:
-    """Load a bundle written by :func:`save`; refuses corrupt or foreign bundles."""
-    config, tensors = load_bundle(path, KIND)
-    model = CCSTAE(tensors["G"].numpy(), tensors["hk"].numpy(), config["radius"], config["edge"],
-                   tensors["center"].numpy(), config["pattern_shape"], config["input_size"])
-    model.load_state_dict(tensors)
+def load(path, profile: str | None = None) -> CCSTAE:
+    """Load a bundle written by :func:`save`; refuses corrupt or foreign
+    bundles. ``profile`` overrides the disk profile the fits use."""
+    config, t = load_bundle(path, KIND)
+    profile = profile or config["profile"]
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    model = CCSTAE(t["G"].numpy(), t["hk"].numpy(), t["shells"].numpy(), t["strength"].numpy(),
+                   dict(template=t["disk_template"].numpy(), voigt=t["disk_voigt"].numpy()), t["background"].numpy(),
+                   config["radius"], t["center"].numpy(), config["pattern_shape"], profile=profile,
+                   max_turn=config["max_turn"], input_size=config["input_size"])
+    model.load_state_dict(t)
     return model.eval()
 
 
-def map_strain(pred: dict, reference=None, max_rms: float | None = None) -> dict:
-    """Strain maps from :func:`predict` output, relative to a reference region.
+def map_strain(pred: dict, reference=None, max_chi2: float | None = None) -> dict:
+    """Strain maps and their uncertainties from :func:`predict` output,
+    relative to a reference region.
 
     The local bases are relabelled to the lattice-equivalent basis closest to
     the reference's, so symmetry-equivalent transforms give one answer.
+    Positions with fewer than three disks on the detector, or a chi-square
+    per degree of freedom above ``max_chi2``, are invalid.
     """
-    G = pred["G"].astype(np.float64)
-    mask = reference_mask(G.shape[:2], reference)
-    ok = np.isfinite(G).all(axis=(-1, -2))
-    G_ref0 = np.median(G[mask & ok], axis=0)
-    G = align_to_reference(G, G_ref0)
-    valid = ok & (pred["n_disks"] >= 3)
-    if max_rms is not None:
-        valid &= pred["rms"] <= max_rms
-    maps, G_ref = strain_maps(G, reference, valid)
+    G0 = pred["G"].astype(np.float64)
+    mask = reference_mask(G0.shape[:2], reference)
+    ok = np.isfinite(G0).all(axis=(-1, -2))
+    G = align_to_reference(G0, np.median(G0[mask & ok], axis=0))
+    cov = relabel_covariance(pred["cov"].astype(np.float64), G0, G)
+    valid = ok & (pred["n_disks"] >= 3) & np.isfinite(cov).all(axis=(-1, -2))
+    if max_chi2 is not None:
+        valid &= pred["chi2"] <= max_chi2
+    maps, G_ref = strain_maps(G, reference, valid, cov=cov)
     out = dict(maps)
     out.update(valid=valid, g1=G[..., :, 0].astype(np.float32), g2=G[..., :, 1].astype(np.float32),
                origin=pred["origin"].astype(np.float32), g_ref=G_ref, phase=pred["phase"],
-               probabilities=pred["probabilities"].astype(np.float32), rms=pred["rms"].astype(np.float32),
-               n_disks=pred["n_disks"].astype(np.int16))
+               probabilities=pred["probabilities"].astype(np.float32), chi2=pred["chi2"].astype(np.float32),
+               n_disks=pred["n_disks"].astype(np.int16), disk_intensity=pred["disk_intensity"].astype(np.float32),
+               background=pred["background"].astype(np.float32))
     return out

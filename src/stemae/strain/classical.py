@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from stemae.data.blocks import iter_row_blocks, read_patterns, rows_for_budget
 from stemae.geometry import reference_mask, rotation_matrix, strain_maps
 from stemae.strain.disks import center_of_mass, estimate_probe, find_disks
-from stemae.strain.lattice import align_to_reference, choose_basis, fit_lattice, lattice_points, orientation_search
+from stemae.strain.lattice import align_to_reference, fit_lattice, orientation_search, relabel_covariance
+from stemae.strain.pooled import pooled_basis
 
 METHODS = ("xcorr", "com")
 
@@ -89,40 +90,31 @@ def detect_disks(
     return res
 
 
-def fit_lattices(disks: dict, reference=None, G_ref: np.ndarray | None = None, tolerance: float | None = None) -> dict:
-    """Choose a basis in the reference region and fit every pattern's lattice.
+def fit_lattices(disks: dict, G_ref: np.ndarray, tolerance: float | None = None) -> dict:
+    """Fit every pattern's lattice, indexed against a basis.
+
+    Patterns the basis does not index (other grains) get the rotation of
+    ``G_ref`` that indexes most of their disks (:func:`orientation_search`).
 
     Parameters
     ----------
     disks : dict from :func:`detect_disks`
-    reference : see :func:`stemae.geometry.reference_mask`
-        Region that defines the basis and the unstrained lattice.
-    G_ref : ndarray (2, 2), optional
-        Basis to index against; by default chosen from the reference
-        region's mean lattice points (:func:`~stemae.strain.lattice.choose_basis`).
+    G_ref : ndarray (2, 2)
+        Basis to index against (columns g1, g2, pixels), e.g. from
+        :func:`stemae.strain.pooled.pooled_basis`.
     tolerance : float, optional
         Indexing tolerance in pixels; default 15 % of the shorter basis
         vector for the first pass, then half that.
 
     Returns
     -------
-    dict with ``G`` (Ry, Rx, 2, 2), ``origin`` (Ry, Rx, 2), ``valid``,
-    ``n_disks``, ``rms`` (Ry, Rx) and ``basis`` (2, 2), the basis indexed
-    against.
+    dict with ``G`` (Ry, Rx, 2, 2), ``cov`` (Ry, Rx, 4, 4) its covariance,
+    ``origin`` (Ry, Rx, 2), ``valid``, ``n_disks``, ``rms`` (Ry, Rx) and
+    ``basis`` (2, 2), the basis indexed against.
     """
     pos, inten, central = disks["positions"], disks["intensity"], disks["central"]
     Ry, Rx, N, _ = pos.shape
-    mask = reference_mask((Ry, Rx), reference)
     P, W, C = pos.reshape(-1, N, 2), inten.reshape(-1, N), central.reshape(-1)
-    b = np.arange(len(P))
-    if G_ref is None:
-        sel = mask.reshape(-1)
-        v = P[sel] - P[b[sel], C[sel]][:, None]
-        w = np.where(np.arange(N)[None] == C[sel][:, None], 0.0, W[sel])
-        ok = np.isfinite(v).all(-1) & (w > 0)
-        extent = float(np.nanmax(np.abs(v[ok]))) + 2
-        pts, strength = lattice_points(v[ok], w[ok], disks["radius"], extent)
-        G_ref = choose_basis(pts, strength, min_length=1.5 * disks["radius"])
     gmin = np.linalg.norm(G_ref, axis=0).min()
     tol = 0.15 * gmin if tolerance is None else tolerance
 
@@ -138,11 +130,15 @@ def fit_lattices(disks: dict, reference=None, G_ref: np.ndarray | None = None, t
     G0 = np.where(fit["ok"][:, None, None], fit["G"], G_ref)
     fit = fit_lattice(P, W, C, G0, 0.5 * tol)
     G = np.full_like(fit["G"], np.nan)
-    G[fit["ok"]] = align_to_reference(fit["G"][fit["ok"]], G_ref)
+    cov = np.full_like(fit["cov"], np.nan)
+    ok = fit["ok"]
+    G[ok] = align_to_reference(fit["G"][ok], G_ref)
+    cov[ok] = relabel_covariance(fit["cov"][ok], fit["G"][ok], G[ok])
     return {
         "G": G.reshape(Ry, Rx, 2, 2),
+        "cov": cov.reshape(Ry, Rx, 4, 4),
         "origin": fit["origin"].reshape(Ry, Rx, 2),
-        "valid": fit["ok"].reshape(Ry, Rx),
+        "valid": ok.reshape(Ry, Rx),
         "n_disks": fit["n"].reshape(Ry, Rx),
         "rms": fit["rms"].reshape(Ry, Rx),
         "basis": G_ref,
@@ -178,19 +174,28 @@ def map_strain(
     **find_kwargs
         Passed to :func:`stemae.strain.disks.find_disks`.
 
+    The basis is chosen on the reference region's patterns summed on their
+    central beams (:func:`stemae.strain.pooled.pooled_basis`), which shows
+    the lattice at doses where single patterns do not; a warning says when
+    it does not explain that sum.
+
     Returns
     -------
     dict with float32 maps ``e_xx``, ``e_yy``, ``e_xy`` (dimensionless),
-    ``theta`` (degrees), ``valid`` (bool), ``g1``, ``g2`` (Ry, Rx, 2) and
+    ``theta`` (degrees) and their standard deviations ``sigma_e_xx``, ...
+    ``sigma_theta`` (from each lattice fit's residuals and the reference's
+    own scatter), ``valid`` (bool), ``g1``, ``g2`` (Ry, Rx, 2) and
     ``origin`` (Ry, Rx, 2) in detector pixels ``(x, y)``, ``n_disks``,
     ``rms`` (pixels), ``com`` (for ``method="com"``), and the metadata
-    ``g_ref`` (2, 2), ``radius`` (px), ``method``.
+    ``g_ref`` (2, 2), ``radius`` (px), ``method`` and ``indexing`` (the
+    :func:`~stemae.strain.pooled.lattice_check` of the reference sum).
     """
-    disks = detect_disks(data, method=method, radius=radius, progress=progress, **find_kwargs)
-    fit = fit_lattices(disks, reference)
+    G_pool, check, _, _ = pooled_basis(data, reference_mask(data.shape[:2], reference), radius=radius)
+    disks = detect_disks(data, method=method, radius=check["radius"], progress=progress, **find_kwargs)
+    fit = fit_lattices(disks, G_pool)
     limit = 0.25 * disks["radius"] if max_rms is None else max_rms
     valid = fit["valid"] & (fit["rms"] <= limit)
-    maps, G_ref = strain_maps(fit["G"], reference, valid)
+    maps, G_ref = strain_maps(fit["G"], reference, valid, cov=fit["cov"])
     out = dict(maps)
     out.update(
         valid=valid,
@@ -202,6 +207,7 @@ def map_strain(
         g_ref=G_ref,
         radius=disks["radius"],
         method=method,
+        indexing=check,
     )
     if "com" in disks:
         out["com"] = disks["com"].astype(np.float32)

@@ -146,7 +146,9 @@ def fit_lattice(
 
     Returns
     -------
-    dict with ``origin`` (B, 2), ``G`` (B, 2, 2), ``n`` (B,) indexed disks
+    dict with ``origin`` (B, 2), ``G`` (B, 2, 2), ``cov`` (B, 4, 4) its
+    covariance (row-major entries, see :func:`stemae.geometry.strain_uncertainty`)
+    from the fit's residuals, ``n`` (B,) indexed disks
     besides the central beam, ``rms`` (B,) weighted RMS residual in pixels,
     ``fraction`` (B,) share of the non-central weight that indexed, and
     ``ok`` (B,) whether the fit is determined (three or more disks spanning
@@ -181,9 +183,18 @@ def fit_lattice(
     rms = np.sqrt((w * r2).sum(1) / np.maximum(w.sum(1), 1e-30))
     wsum = np.where(finite & ~is_c, weights, 0.0).sum(1)
     fraction = np.where(~is_c, w, 0.0).sum(1) / np.maximum(wsum, 1e-30)
+    # Covariance from the residuals: unit-weight variance over 2 n - 6
+    # degrees of freedom (x and y share the design), times (D^T W D)^-1.
+    dof = np.maximum(2 * (n_disks + 1) - 6, 1)
+    s2 = (w * r2).sum(1) / dof
+    Ninv = np.linalg.inv(Nm_safe)[:, 1:, 1:] * s2[:, None, None]  # (g1, g2) per coordinate
+    cov = np.zeros((B, 4, 4))
+    cov[:, :2, :2] = Ninv  # row-major G: (g1_x, g2_x, g1_y, g2_y)
+    cov[:, 2:, 2:] = Ninv
     origin[~ok] = np.nan
     G[~ok] = np.nan
-    return {"origin": origin, "G": G, "n": n_disks, "rms": rms, "fraction": fraction, "ok": ok}
+    cov[~ok] = np.nan
+    return {"origin": origin, "G": G, "cov": cov, "n": n_disks, "rms": rms, "fraction": fraction, "ok": ok}
 
 
 def orientation_search(
@@ -230,18 +241,33 @@ def align_to_reference(G: np.ndarray, G_ref: np.ndarray) -> np.ndarray:
     A lattice has many bases (``G M`` for integer ``M`` with ``det M = 1``);
     rotations by a symmetry angle (60 degrees on hexagonal, 90 on square
     lattices) only relabel the reflections. Among the relabellings that are
-    such symmetries (the basis keeps its lengths and angle), choosing the one
+    such symmetries (the basis keeps its lengths and angle, to 15 %), choosing the one
     nearest the reference makes rotations and strains continuous across a
     map. Shapes: ``G`` (..., 2, 2), ``G_ref`` (2, 2) or, one reference per
     basis, (..., 2, 2).
     """
     cand = np.einsum("...ij,mjk->...mik", G, _UNIMODULAR)
     dist = np.linalg.norm(cand - np.asarray(G_ref)[..., None, :, :], axis=(-2, -1))
-    # Only relabellings that are symmetries of the lattice (same lengths and
-    # angle within 5 %), so a sheared basis never passes for a rotated one.
+    # Only relabellings that are symmetries of the lattice, to within the
+    # distortion a strained or misfit lattice has (its metric within 15 %;
+    # other relabellings change it by 50 % or more), so a sheared basis never
+    # passes for a rotated one.
     metric = np.swapaxes(cand, -1, -2) @ cand
     own = np.swapaxes(G, -1, -2) @ G
-    same = np.linalg.norm(metric - own[..., None, :, :], axis=(-2, -1)) <= 0.05 * np.linalg.norm(own, axis=(-2, -1))[..., None]
+    same = np.linalg.norm(metric - own[..., None, :, :], axis=(-2, -1)) <= 0.15 * np.linalg.norm(own, axis=(-2, -1))[..., None]
     dist = np.where(np.isfinite(dist) & same, dist, np.inf)
     i = dist.argmin(-1)
     return np.take_along_axis(cand, i[..., None, None, None], axis=-3)[..., 0, :, :]
+
+
+def relabel_covariance(cov: np.ndarray, G_old: np.ndarray, G_new: np.ndarray) -> np.ndarray:
+    """Covariance (..., 4, 4) of a basis's row-major entries after the basis
+    was relabelled from ``G_old`` to ``G_new = G_old M`` (integer ``M``),
+    e.g. by :func:`align_to_reference`."""
+    M = np.round(np.linalg.solve(np.nan_to_num(G_old) + np.isnan(G_old).any((-1, -2))[..., None, None] * np.eye(2),
+                                 np.nan_to_num(G_new)))
+    K = np.zeros(M.shape[:-2] + (4, 4))
+    Mt = np.swapaxes(M, -1, -2)
+    K[..., :2, :2] = Mt  # each row of G is multiplied by M from the right
+    K[..., 2:, 2:] = Mt
+    return K @ cov @ np.swapaxes(K, -1, -2)

@@ -13,7 +13,17 @@ from stemae.nn.device import resolve_device
 from stemae.geometry import CONVENTIONS, reference_mask
 from stemae.strain import ccstae
 from stemae.strain.classical import map_strain
-from stemae.viz import plot_bases, plot_lattice, plot_loss, plot_phase_map, plot_strain_maps
+from stemae.data.blocks import read_patterns
+from stemae.strain.pooled import aligned_sum
+from stemae.viz import (
+    plot_bases,
+    plot_lattice,
+    plot_loss,
+    plot_phase_map,
+    plot_strain_maps,
+    plot_uncertainty_maps,
+    plot_virtual_dark_field,
+)
 
 METHODS = ("ccstae", "xcorr", "com")
 
@@ -26,8 +36,16 @@ ARRAY_INFO = {
     "g1": ("px", "first reciprocal basis vector (x, y) in detector pixels"),
     "g2": ("px", "second reciprocal basis vector (x, y) in detector pixels"),
     "origin": ("px", "central-beam position (x, y) in detector pixels"),
+    "sigma_e_xx": ("1", "standard deviation of e_xx (fit and reference)"),
+    "sigma_e_yy": ("1", "standard deviation of e_yy (fit and reference)"),
+    "sigma_e_xy": ("1", "standard deviation of e_xy (fit and reference)"),
+    "sigma_theta": ("deg", "standard deviation of theta (fit and reference)"),
     "n_disks": ("count", "Bragg disks used in the lattice fit besides the central beam"),
     "rms": ("px", "weighted RMS residual of the lattice fit"),
+    "chi2": ("1", "Pearson chi-square of the pattern fit per degree of freedom (about 1 where the model fits)"),
+    "disk_intensity": ("counts", "virtual dark field: fitted counts in each reflection's disk, last axis as 'hk'"),
+    "hk": ("", "reflection indices (h, k) of disk_intensity's last axis, in the base's g1, g2"),
+    "background": ("counts/px", "scale of the diffuse background (counts per pixel where its shape is 1)"),
     "com": ("px", "whole-pattern centre of mass (x, y) in detector pixels"),
     "phase": ("", "class (base) index"),
     "probabilities": ("", "class probabilities, last axis over bases"),
@@ -37,11 +55,11 @@ ARRAY_INFO = {
 }
 
 
-def train_model(datacube: Datacube, *, classes: int = 1, epochs: int = 3, seed: int = 0, device: str = "cpu",
-                progress: bool = False):
+def train_model(datacube: Datacube, *, classes: int = 1, epochs: int = 3, refine: str = "voigt", seed: int = 0,
+                device: str = "cpu", progress: bool = False):
     """Fit a CC-ST-AE on a datacube; returns ``(model, record)``."""
-    return ccstae.fit(datacube.data, n_classes=classes, epochs=epochs, seed=seed, device=resolve_device(device),
-                      progress=progress)
+    return ccstae.fit(datacube.data, n_classes=classes, epochs=epochs, profile=refine, seed=seed,
+                      device=resolve_device(device), progress=progress)
 
 
 def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, device: str = "cpu", progress: bool = False,
@@ -50,22 +68,26 @@ def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, device
     pred = ccstae.predict(model, datacube.data, device=resolve_device(device), progress=progress)
     res = ccstae.map_strain(pred, reference)
     res["bases"] = model.G.detach().cpu().numpy()
-    res["radius"] = model.radius.item()
+    res["hk"] = model.hk.cpu().numpy().astype(np.int16)
+    res["radius"] = model.radius
     res["method"] = "ccstae"
     if record is not None:
         res["loss"] = np.asarray(record["loss"], dtype=np.float32)
-    write_strain_results(datacube, out_dir, res, reference, extra_attrs={"training": record or {}})
+    write_strain_results(datacube, out_dir, res, reference,
+                         extra_attrs={"training": record or {}, "disk_profile": model.profile})
     out_dir = Path(out_dir)
     plot_phase_map(res["phase"], res["probabilities"], out_dir / "phase_map.png")
-    plot_bases(res["bases"], model.hk.cpu().numpy(), res["radius"], datacube.pattern_shape,
+    plot_bases(res["bases"], res["hk"], res["radius"], datacube.pattern_shape,
                model.center.cpu().numpy(), out_dir / "bases.png")
+    plot_virtual_dark_field(res["disk_intensity"], res["hk"], out_dir / "virtual_dark_field.png")
     if record is not None:
         plot_loss(record["loss"], out_dir / "loss.png")
     return res
 
 
 def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference=None, classes: int = 1,
-               epochs: int = 3, seed: int = 0, device: str = "cpu", progress: bool = False) -> dict:
+               epochs: int = 3, refine: str = "voigt", seed: int = 0, device: str = "cpu",
+               progress: bool = False) -> dict:
     """Map strain (and phase, for ``ccstae``); write ``out_dir/strain.zarr`` and figures.
 
     Parameters
@@ -74,7 +96,8 @@ def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference
     out_dir : directory for ``strain.zarr`` and the PNG figures
     method : ``"ccstae"`` (trains on the data), ``"xcorr"`` or ``"com"``
     reference : None, bool mask (Ry, Rx) or ((r0, r1), (c0, c1))
-    classes, epochs, seed, device : CC-ST-AE settings
+    classes, epochs, refine, seed, device : CC-ST-AE settings (``refine``: the
+        disk profiles, ``"voigt"`` or ``"template"``)
     progress : bool
 
     Returns
@@ -84,8 +107,8 @@ def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if method == "ccstae":
-        model, record = train_model(datacube, classes=classes, epochs=epochs, seed=seed, device=device,
-                                    progress=progress)
+        model, record = train_model(datacube, classes=classes, epochs=epochs, refine=refine, seed=seed,
+                                    device=device, progress=progress)
         return predict_strain(model, datacube, out_dir, reference=reference, device=device, progress=progress,
                               record=record)
     res = map_strain(datacube.data, method=method, reference=reference, progress=progress)
@@ -110,14 +133,22 @@ def write_strain_results(datacube: Datacube, out_dir, res: dict, reference, extr
         "scan_shape": list(datacube.scan_shape),
         "pattern_shape": list(datacube.pattern_shape),
         "stemae_version": __version__,
+        **({"indexing": res["indexing"]} if "indexing" in res else {}),
         **(extra_attrs or {}),
     }
     write_results(out_dir / "strain.zarr", arrays, attrs)
     plot_strain_maps(res, out_dir / "strain_maps.png", res["valid"], title=f"strain ({res['method']})")
+    if "sigma_e_xx" in res:
+        plot_uncertainty_maps(res, out_dir / "uncertainty_maps.png", res["valid"])
     cells = np.argwhere(mask & res["valid"])
     if len(cells):
-        r, c = cells[len(cells) // 2]
-        G = np.stack([res["g1"][r, c], res["g2"][r, c]], 1)
-        pattern = np.asarray(datacube.data[r, c], dtype=np.float32)
-        plot_lattice(pattern, res["origin"][r, c], G, res["radius"], out_dir / "reference_lattice.png",
-                     title=f"lattice fit at scan ({r}, {c})")
+        # The reference lattice on the region's patterns summed on their
+        # central beams: the disks show there at any dose.
+        cells = cells[np.random.default_rng(0).permutation(len(cells))[:256]]
+        patterns = read_patterns(datacube.data, cells[:, 0], cells[:, 1])
+        origins = res["origin"][cells[:, 0], cells[:, 1]].astype(np.float64)
+        target = np.round(np.median(origins, 0))
+        total = aligned_sum(patterns, origins, target)
+        shift = np.median(origins - np.round(origins), 0)
+        plot_lattice(total, target + shift, res["g_ref"], res["radius"], out_dir / "reference_lattice.png",
+                     title=f"reference lattice on the sum of {len(cells)} reference patterns")
