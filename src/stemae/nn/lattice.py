@@ -33,7 +33,7 @@ WING = 3.0  # pixels beyond a disk's half radius that a fit's window reaches at 
 
 def table_lookup(table: torch.Tensor, dr: float, r: torch.Tensor,
                  row: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Value and slope of a radial profile at distances ``r`` (pixels).
+    """Value and slope of a radial profile at distances ``r >= 0`` (pixels).
 
     ``table`` (n,) holds the profile at ``r = 0, dr, 2 dr, ...``, or (m, n)
     several profiles of which ``row`` (broadcastable to ``r``, int) picks
@@ -41,15 +41,16 @@ def table_lookup(table: torch.Tensor, dr: float, r: torch.Tensor,
     beyond the last sample.
     """
     n = table.shape[-1]
-    x = (r / dr).clamp(0, n - 1)
-    i = x.floor().clamp(max=n - 2)
+    x = (r * (1.0 / dr)).clamp_(max=n - 1)
+    i = x.long().clamp_(max=n - 2)
     f = x - i
-    i = i.long()
-    flat = table.reshape(-1)
     if row is not None:
         i = i + row * n
-    v0, v1 = flat[i], flat[i + 1]
-    return v0 + f * (v1 - v0), (v1 - v0) / dr
+    flat = table.reshape(-1)
+    step = (table[..., 1:] - table[..., :-1]).reshape(-1, n - 1)
+    step = torch.cat([step, torch.zeros_like(step[:, :1])], 1).reshape(-1)
+    d = step[i]
+    return flat[i] + f * d, d * (1.0 / dr)
 
 
 def erfc_table(radius: float, edge: float, dr: float = 0.05, r_max: float | None = None) -> torch.Tensor:
@@ -73,8 +74,8 @@ def window_offsets(outer: float, inner: float = 0.0, device=None) -> torch.Tenso
 
 def profile_band(disk: torch.Tensor, dr: float) -> tuple[float, float]:
     """Inner and outer radius (pixels) of a disk profile's edge band: from
-    one pixel inside where, coming from the edge, it reaches 0.98 of its
-    plateau to one pixel beyond where it has fallen to 0.02, or ``WING``
+    half a pixel inside where, coming from the edge, it reaches 0.98 of its
+    plateau to half a pixel beyond where it has fallen to 0.02, or ``WING``
     pixels beyond its half radius if that is nearer. Amplitude, background
     and position of a disk are all measured there (faint wings hold little
     position information and many pixels)."""
@@ -83,8 +84,8 @@ def profile_band(disk: torch.Tensor, dr: float) -> tuple[float, float]:
     half = int(torch.nonzero(p < 0.5).min())
     plateau = torch.nonzero(p[:half] >= 0.98)
     tail = torch.nonzero(p[half:] <= 0.02)
-    inner = r[int(plateau.max())].item() - 1.0 if len(plateau) else 0.0
-    outer = r[half + int(tail.min())].item() + 1.0 if len(tail) else r[-1].item()
+    inner = r[int(plateau.max())].item() - 0.5 if len(plateau) else 0.0
+    outer = r[half + int(tail.min())].item() + 0.5 if len(tail) else r[-1].item()
     return max(inner, 0.0), min(outer, r[half].item() + WING)
 
 
@@ -100,18 +101,17 @@ def gather_windows(images: torch.Tensor, centers: torch.Tensor, offsets: torch.T
     Returns
     -------
     values : (B, J, P) pixel values (0 outside the detector)
-    coords : (B, J, P, 2) pixel coordinates ``(x, y)``
-    inside : (B, J, P) bool, pixel on the detector
+    x, y : (B, J, P) pixel coordinates
+    inside : (B, J, P) pixel on the detector, 1.0 or 0.0
     """
     B, H, W = images.shape
     base = torch.round(centers).long()
     px = base[..., 0, None] + offsets[:, 0]
     py = base[..., 1, None] + offsets[:, 1]
-    inside = (px >= 0) & (px < W) & (py >= 0) & (py < H)
+    inside = ((px >= 0) & (px < W) & (py >= 0) & (py < H)).to(images.dtype)
     flat = (torch.arange(B, device=images.device)[:, None, None] * H + py.clamp(0, H - 1)) * W + px.clamp(0, W - 1)
     values = images.reshape(-1)[flat] * inside
-    coords = torch.stack([px, py], -1).to(images.dtype)
-    return values, coords, inside
+    return values, px.to(images.dtype), py.to(images.dtype), inside
 
 
 def _solve2(n11, n12, n22, b1, b2):
@@ -120,45 +120,48 @@ def _solve2(n11, n12, n22, b1, b2):
     return (n22 * b1 - n12 * b2) / det, (n11 * b2 - n12 * b1) / det
 
 
-def linear_fit(vals, prof, m, w, local_background: bool, prior=None):
-    """Weighted least squares for the linear parameters of :func:`fit_disk_lattice`'s
-    model: per-disk amplitude ``a`` and offset ``b`` (if ``local_background``)
-    and one background scale ``s`` per pattern (if ``m`` is given), solved
-    exactly (Schur complement on ``s``). Shapes (B, J, P); ``prior``
-    optionally ``(a0, precision)``, each (B, J): a Gaussian prior on the
-    amplitudes. Returns the model (B, J, P), ``a`` (B, J), ``b`` (B, J),
-    ``s`` (B,)."""
+def linear_sums(vals, prof, m, w, local_background: bool) -> dict:
+    """Weighted sums (B, J) (and (B,) for the background) that the linear
+    parameters of :func:`fit_disk_lattice`'s model need: per disk ``pp``,
+    ``p1``, ``11``, ``pv``, ``1v`` (profile ``p``, constant ``1``, data
+    ``v``) and, with a background shape ``m``, ``pm``, ``1m`` per disk and
+    ``mm``, ``mv`` per pattern. Inputs (B, J, P)."""
     wp = w * prof
-    s_pp, s_v_p = (wp * prof).sum(-1), (wp * vals).sum(-1)
+    out = {"pp": (wp * prof).sum(-1), "pv": (wp * vals).sum(-1)}
+    if local_background:
+        out.update({"p1": wp.sum(-1), "11": w.sum(-1), "1v": (w * vals).sum(-1)})
+    else:
+        zero = torch.zeros_like(out["pp"])
+        out.update({"p1": zero, "11": torch.ones_like(zero), "1v": zero})
+    if m is not None:
+        wm = w * m
+        out.update({"pm": (wp * m).sum(-1), "1m": wm.sum(-1) if local_background else torch.zeros_like(out["pp"]),
+                    "mm": (wm * m).sum((1, 2)), "mv": (wm * vals).sum((1, 2))})
+    return out
+
+
+def solve_linear(sums: dict, prior=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-disk amplitude ``a`` and offset ``b`` (B, J) and background scale
+    ``s`` (B,) from :func:`linear_sums`, exactly (Schur complement on ``s``).
+    ``prior`` optionally ``(a0, precision)``, each (B, J): a Gaussian prior
+    on the amplitudes."""
+    s_pp, s_pv, s_p1, s_11, s_1v = sums["pp"], sums["pv"], sums["p1"], sums["11"], sums["1v"]
     if prior is not None:
         s_pp = s_pp + prior[1]
-        s_v_p = s_v_p + prior[0] * prior[1]
-    if local_background:
-        s_p1, s_11, s_v_1 = wp.sum(-1), w.sum(-1), (w * vals).sum(-1)
+        s_pv = s_pv + prior[0] * prior[1]
+    if "mm" not in sums:
+        s = torch.zeros(s_pp.shape[0], dtype=s_pp.dtype, device=s_pp.device)
     else:
-        s_p1 = torch.zeros_like(s_pp)
-        s_11 = torch.ones_like(s_pp)
-        s_v_1 = torch.zeros_like(s_pp)
-    if m is None:
-        s = torch.zeros(vals.shape[0], dtype=vals.dtype, device=vals.device)
-    else:
-        wm = w * m
-        v_p, v_1 = (wm * prof).sum(-1), wm.sum(-1) if local_background else torch.zeros_like(s_pp)
-        s_mm, s_mv = (wm * m).sum((1, 2)), (wm * vals).sum((1, 2))
+        v_p, v_1 = sums["pm"], sums["1m"]
         xa, xb = _solve2(s_pp, s_p1, s_11, v_p, v_1)  # N^-1 v
-        ya, yb = _solve2(s_pp, s_p1, s_11, s_v_p, s_v_1)  # N^-1 b
-        den = s_mm - (v_p * xa + v_1 * xb).sum(1)
-        num = s_mv - (v_p * ya + v_1 * yb).sum(1)
-        s = num / (den + 1e-9 * s_mm + 1e-30)
-        s_v_p = s_v_p - s[:, None] * v_p
-        s_v_1 = s_v_1 - s[:, None] * v_1
-    a, b = _solve2(s_pp, s_p1, s_11, s_v_p, s_v_1)
-    if not local_background:
-        b = torch.zeros_like(a)
-    model = a[..., None] * prof + b[..., None]
-    if m is not None:
-        model = model + s[:, None, None] * m
-    return model, a, b, s
+        ya, yb = _solve2(s_pp, s_p1, s_11, s_pv, s_1v)  # N^-1 b
+        den = sums["mm"] - (v_p * xa + v_1 * xb).sum(1)
+        num = sums["mv"] - (v_p * ya + v_1 * yb).sum(1)
+        s = num / (den + 1e-9 * sums["mm"] + 1e-30)
+        s_pv = s_pv - s[:, None] * v_p
+        s_1v = s_1v - s[:, None] * v_1
+    a, b = _solve2(s_pp, s_p1, s_11, s_pv, s_1v)
+    return a, b, s
 
 
 def _scaled_solve(hess: torch.Tensor, grad: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
@@ -189,7 +192,7 @@ def fit_disk_lattice(
     band: tuple[float, float] | None = None,
     iterations: int = 4,
     regather: tuple[int, ...] = (2,),
-    coarse: int = 0,
+    coarse: tuple[float, ...] = (),
     local_background: bool = True,
     noise_floor: float = 0.05,
     min_on_detector: float = 0.5,
@@ -234,9 +237,11 @@ def fit_disk_lattice(
         reflection
     iterations : Fisher-scoring steps (at least 1)
     regather : iterations before which the windows are gathered again
-    coarse : iterations at the start that use only the disks within twice
-        the shortest reflection (they tolerate a start a degree or two off
-        in rotation, which the outer disks do not)
+    coarse : for the first iterations, how far out (in multiples of the
+        shortest reflection) disks take part: inner disks tolerate a start a
+        few degrees off in rotation or a few per cent in scale, which the
+        outer disks do not (e.g. ``(1.05, 2.05)``: the first shell, then the
+        disks within twice its radius, then all)
     local_background : fit a constant offset per disk
     noise_floor : smallest model value in the weights (counts)
     min_on_detector : disks whose centre is more than this many radii off
@@ -255,13 +260,16 @@ def fit_disk_lattice(
     last evaluation, before its step), ``amplitudes`` (B, J + 1) and
     ``offsets`` (B, J + 1) (central beam first; counts at the disk's
     plateau), ``background`` (B,) scale, ``on`` (B, J + 1) bool, disks
-    used, ``chi2`` (B,) Pearson chi-square and ``dof`` (B,) pixels used
-    minus fitted parameters.
+    used, ``chi2`` (B,) Pearson chi-square, ``dof`` (B,) pixels used
+    minus fitted parameters, ``explained`` (B,) the chi-square the Bragg
+    disks remove from a model of background alone (how strongly the pattern shows
+    this lattice: fits of one pattern from different starts compare by it)
+    and ``scores`` (B, J + 1, 6) each disk's share of the last gradient.
     """
     B, H, W = images.shape
     dt, dev = images.dtype, images.device
     g = reflections.expand(B, -1, -1) if reflections.dim() == 2 else reflections
-    g = torch.cat([torch.zeros_like(g[:, :1]), g], 1).to(dt)  # the central beam is g = 0
+    g = torch.cat([torch.zeros(B, 1, 2, dtype=g.dtype, device=g.device), g], 1).to(dt)  # the central beam: g = 0
     J = g.shape[1]
     if band is None:
         bands = [profile_band(d, disk_dr) for d in disk.reshape(-1, disk.shape[-1])]
@@ -287,42 +295,49 @@ def fit_disk_lattice(
     if amplitude_prior is not None:
         a0 = torch.cat([torch.zeros_like(origin[:, :1]), amplitude_prior.to(dev, dt).expand(B, -1)], 1)
         prior = (a0, torch.where(a0 > 0, 1.0 / (prior_spread * a0).clamp_min(1e-12) ** 2, torch.zeros_like(a0)))
-    lam = None
+    w = None
+    m_edge = min_on_detector * radius
     for it in range(max(iterations, 1)):
         centers = origin[:, None] + g @ A.transpose(-1, -2)  # (B, J, 2)
         if it == 0 or it in regather:
-            vals, coords, inside = gather_windows(images, centers, offsets)
-            lam = None
-        m_edge = min_on_detector * radius
+            vals, px, py, inside = gather_windows(images, centers, offsets)
+            m = None
+            if bg is not None:  # the smooth background hardly changes as the origin settles
+                rb = torch.sqrt((px - origin[:, 0, None, None]) ** 2 + (py - origin[:, 1, None, None]) ** 2)
+                m = table_lookup(bg, background_dr, rb)[0]
+            w = None
         on = ((centers[..., 0] >= -m_edge) & (centers[..., 0] <= W - 1 + m_edge)
               & (centers[..., 1] >= -m_edge) & (centers[..., 1] <= H - 1 + m_edge))
         if not use_central:
             on[:, 0] = False
-        if it < coarse and J > 1:
+        if it < len(coarse) and J > 1:
             length = g.norm(dim=-1)
-            on &= length <= 2.05 * length[:, 1:].min(1, keepdim=True).values
-        dx = coords[..., 0] - centers[..., 0, None]
-        dy = coords[..., 1] - centers[..., 1, None]
-        r = torch.sqrt(dx * dx + dy * dy).clamp_min(1e-6)
-        w0 = (inside & on[..., None] & (r <= outer) & (r >= inner)).to(dt)
+            on &= length <= coarse[it] * length[:, 1:].min(1, keepdim=True).values
+        dx = px - centers[..., 0, None]
+        dy = py - centers[..., 1, None]
+        r = torch.sqrt(dx * dx + dy * dy).clamp_(min=1e-6)
+        w0 = inside * ((r <= outer) & (r >= inner)) * on[..., None]
         prof, slope = table_lookup(disk, disk_dr, r, row)
-        m = None
-        if bg is not None:
-            rb = torch.sqrt((coords[..., 0] - origin[:, 0, None, None]) ** 2
-                            + (coords[..., 1] - origin[:, 1, None, None]) ** 2)
-            m = table_lookup(bg, background_dr, rb)[0]
-        w = w0 if lam is None else w0 / lam.clamp_min(noise_floor)
-        lam, a, b, s = linear_fit(vals, prof, m, w, local_background, prior)
-        w = w0 / lam.clamp_min(noise_floor)
+        # Poisson weights from the last model (after a new gather, from a
+        # first unweighted solve); one set serves the linear solve, the
+        # information and the step.
+        for _ in range(2 if w is None else 1):
+            w = w0 if w is None else w0 / lam.clamp_min(noise_floor)
+            sums = linear_sums(vals, prof, m, w, local_background)
+            a, b, s = solve_linear(sums, prior)
+            lam = a[..., None] * prof
+            if local_background:
+                lam = lam + b[..., None]
+            if m is not None:
+                lam = lam + s[:, None, None] * m
         res = vals - lam
         # d lambda / d c = -q (dx, dy) with q = a p'(r) / r.
         q = a[..., None] * slope / r
-        wq = w * q
-        kx, ky = wq * dx, wq * dy  # -(w d lambda/d c)
-        sxx, sxy, syy = (kx * q * dx).sum(-1), (kx * q * dy).sum(-1), (ky * q * dy).sum(-1)
+        kx, ky = w * q * dx, w * q * dy  # -(w d lambda/d c)
+        kqx = kx * q
+        sxx, sxy, syy = (kqx * dx).sum(-1), (kqx * dy).sum(-1), (ky * q * dy).sum(-1)
         # Information lost to each disk's amplitude and offset (Schur complement).
-        wp = w * prof
-        n_pp, n_p1, n_11 = (wp * prof).sum(-1), wp.sum(-1), w.sum(-1)
+        n_pp, n_p1, n_11 = sums["pp"], sums["p1"], sums["11"]
         if prior is not None:
             n_pp = n_pp + prior[1]
         xpx, xpy = -(kx * prof).sum(-1), -(ky * prof).sum(-1)
@@ -330,7 +345,7 @@ def fit_disk_lattice(
             x1x, x1y = -kx.sum(-1), -ky.sum(-1)
         else:
             x1x = x1y = torch.zeros_like(xpx)
-            n_p1, n_11 = torch.zeros_like(n_pp), torch.ones_like(n_pp)
+        explained = a * a * (n_pp - n_p1 * n_p1 / n_11.clamp_min(1e-12))  # chi-square the disk removes
         zax, zbx = _solve2(n_pp, n_p1, n_11, xpx, x1x)
         zay, zby = _solve2(n_pp, n_p1, n_11, xpy, x1y)
         sxx = sxx - (xpx * zax + x1x * zbx)
@@ -343,13 +358,12 @@ def fit_disk_lattice(
         grad = scores.sum(1)
         if m is not None:
             # ... and to the background scale, which all disks share.
-            wm = w * m
-            vp, v1 = (wp * m).sum(-1), wm.sum(-1) if local_background else torch.zeros_like(n_pp)
+            vp, v1 = sums["pm"], sums["1m"]
             zav, zbv = _solve2(n_pp, n_p1, n_11, vp, v1)
             yx = -(kx * m).sum(-1) - (xpx * zav + x1x * zbv)
             yy = -(ky * m).sum(-1) - (xpy * zav + x1y * zbv)
             cross = torch.einsum("bj,bji->bi", yx, ux) + torch.einsum("bj,bji->bi", yy, uy)
-            i_ss = (wm * m).sum((1, 2)) - (vp * zav + v1 * zbv).sum(1)
+            i_ss = sums["mm"] - (vp * zav + v1 * zbv).sum(1)
             hess = hess - cross[:, :, None] * cross[:, None, :] / i_ss.clamp_min(1e-12)[:, None, None]
         info = hess
         step = _scaled_solve(hess, grad, eye)
@@ -359,7 +373,21 @@ def fit_disk_lattice(
     n_lin = on.sum(1) * (2 if local_background else 1) + (0 if bg is None else 1)
     dof = w0.sum((1, 2)) - n_lin - 6
     return dict(origin=origin, A=A, information=info, scores=scores, amplitudes=a, offsets=b, background=s, on=on,
-                chi2=chi2, dof=dof)
+                chi2=chi2, dof=dof, explained=(explained * on)[:, 1:].sum(1))
+
+
+def fit_central_beam(images: torch.Tensor, origin: torch.Tensor, disk: torch.Tensor, disk_dr: float, radius: float,
+                     *, iterations: int = 3) -> torch.Tensor:
+    """Central-beam positions ``(B, 2)``: a likelihood fit of the central disk
+    alone (profile ``disk``, its row 0 if it has several) from ``origin``
+    (B, 2), windows gathered again at every step. The bright central beam
+    pins the origin to a few thousandths of a pixel, so lattice searches
+    and fits can start from it."""
+    disk = disk[0] if disk.dim() == 2 else disk
+    eye = torch.eye(2, dtype=images.dtype, device=images.device).expand(len(images), 2, 2)
+    out = fit_disk_lattice(images, origin, eye, torch.zeros(0, 2, dtype=images.dtype, device=images.device), disk,
+                           disk_dr, radius, iterations=iterations, regather=tuple(range(iterations)))
+    return out["origin"]
 
 
 def sample_bilinear(images: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
@@ -456,3 +484,74 @@ def orientation_search(
     turn = turns[i] + frac.clamp(-0.5, 0.5) * (2 * math.pi / n_angles)
     score = (c0 - corr[:, 0]) / c0.abs().clamp_min(1e-12)
     return turn, score
+
+
+def ring_scale_search(
+    images: torch.Tensor,
+    origin: torch.Tensor,
+    radii: torch.Tensor,
+    weights: torch.Tensor,
+    radius: float,
+    *,
+    max_scale: float = 0.08,
+    steps: int = 129,
+    dr: float = 0.25,
+) -> torch.Tensor:
+    """Isotropic scale of each pattern's lattice relative to a base, from
+    its azimuthally averaged radial profile (independent of orientation).
+
+    The mean intensity in rings around the central beam (``dr`` px wide) is
+    correlated with the base's shells, each a bump of the width of a disk at
+    its radius times ``1 + s`` (zero-mean over its window, so a smooth
+    background does not count), weighted by ``weights``, for ``s`` on a grid
+    over ``+-max_scale``; the best ``s`` is refined by a parabola. A ring
+    averages all disks of a shell, so this works at doses where no single
+    disk stands out; it tells phases of different lattice constants apart
+    before any fit.
+
+    Parameters
+    ----------
+    images : (B, H, W)
+    origin : (B, 2) central-beam positions
+    radii : (S,) shell radii of the base, pixels
+    weights : (S,) expected strength of each shell (0 to skip)
+    radius : disk radius, pixels
+
+    Returns
+    -------
+    (B,) relative scale ``s`` (the lattice's reflections are ``1 + s`` times the base's)
+    """
+    B, H, W = images.shape
+    dt, dev = images.dtype, images.device
+    yy, xx = torch.meshgrid(torch.arange(H, dtype=dt, device=dev), torch.arange(W, dtype=dt, device=dev),
+                            indexing="ij")
+    r = torch.sqrt((xx[None] - origin[:, 0, None, None]) ** 2 + (yy[None] - origin[:, 1, None, None]) ** 2)
+    n_bins = int(math.ceil(math.hypot(H, W) / dr)) + 2
+    # Each pixel shared linearly between its two nearest bins (no aliasing of
+    # the pixel grid); summed counts per ring, not means, so a disk weighs in
+    # by its chord.
+    x = (r / dr).reshape(B, -1)
+    k0 = x.floor().long().clamp(max=n_bins - 2)
+    f = x - k0
+    v = images.reshape(B, -1)
+    prof = torch.zeros(B, n_bins, dtype=dt, device=dev)
+    prof.scatter_add_(1, k0, v * (1 - f)).scatter_add_(1, k0 + 1, v * f)
+    edge = torch.minimum(torch.minimum(origin[:, 0], W - 1 - origin[:, 0]), torch.minimum(origin[:, 1], H - 1 - origin[:, 1]))
+    s = torch.linspace(-max_scale, max_scale, steps, dtype=dt, device=dev)  # (E,)
+    half = radius + 3.0
+    off = torch.arange(-half, half + dr / 2, dr, dtype=dt, device=dev)  # (P,)
+    bump = torch.sqrt((radius**2 - off**2).clamp_min(0))
+    bump = bump - bump.mean()
+    score = torch.zeros(B, steps, dtype=dt, device=dev)
+    for rho, w in zip(radii.tolist(), weights.tolist()):
+        if w <= 0:
+            continue
+        centre = rho * (1 + s)  # (E,)
+        idx = ((centre[:, None] + off[None]) / dr).round().long().clamp(0, n_bins - 1)  # (E, P)
+        usable = ((rho * (1 + max_scale) + half) < edge).to(dt)  # whole ring on the detector
+        score = score + usable[:, None] * w * (prof[:, idx] * bump).sum(-1) / rho  # per unit of ring length
+    i = score.argmax(-1).clamp(1, steps - 2)
+    cm, c0, cp = (score.gather(1, (i + d)[:, None])[:, 0] for d in (-1, 0, 1))
+    den = cm - 2 * c0 + cp
+    frac = torch.where(den < 0, 0.5 * (cm - cp) / torch.where(den < 0, den, -torch.ones_like(den)), torch.zeros_like(den))
+    return s[i] + frac.clamp(-0.5, 0.5) * (s[1] - s[0])

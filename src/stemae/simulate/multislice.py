@@ -170,11 +170,13 @@ def _bump(points: np.ndarray, M, center, width: float) -> tuple[np.ndarray, np.n
 
 class _Field:
     """A smooth displacement field: a sum of bumps plus an optional
-    expansion ``(1 + f)`` along x to the right of ``x = x_i`` (a lateral
-    interface, coherent along y). Coordinates are angstrom, reference frame."""
+    isotropic expansion ``(1 + f)`` to the right of ``x = x_i`` (a lateral
+    interface of width ``w``, the expansion centred on ``y = y_c``; the
+    lattice bends within a few ``w`` of the interface to stay continuous).
+    Coordinates are angstrom, reference frame."""
 
-    def __init__(self, bumps, expansion: float = 0.0, x_i: float = 0.0, step: float = 1.0):
-        self.bumps, self.f, self.x_i, self.w = bumps, expansion, x_i, step
+    def __init__(self, bumps, expansion: float = 0.0, x_i: float = 0.0, y_c: float = 0.0, width: float = 1.0):
+        self.bumps, self.f, self.x_i, self.y_c, self.w = bumps, expansion, x_i, y_c, width
 
     def __call__(self, xi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         u = np.zeros_like(xi)
@@ -185,8 +187,13 @@ class _Field:
             grad += dg
         if self.f:
             s = (xi[:, 0] - self.x_i) / self.w
+            step = 1 / (1 + np.exp(-s))
+            dy = xi[:, 1] - self.y_c
             u[:, 0] += self.f * self.w * np.logaddexp(0.0, s)
-            grad[:, 0, 0] += self.f / (1 + np.exp(-s))
+            u[:, 1] += self.f * step * dy
+            grad[:, 0, 0] += self.f * step
+            grad[:, 1, 1] += self.f * step
+            grad[:, 1, 0] += self.f * step * (1 - step) / self.w * dy
         return u, grad
 
     def invert(self, x: np.ndarray) -> np.ndarray:
@@ -322,10 +329,11 @@ def monolayer_heterostructure(
 ) -> SimulatedDatacube:
     """A lateral WS2/WSe2 monolayer heterostructure by multislice.
 
-    WS2 fills the left 45 % of the scan and WSe2 the rest, on one coherent
-    lattice: across the straight interface the lattice spacing along x grows
-    by the 4.1 % misfit, along y it stays WS2's (WSe2 is compressed along
-    the interface). Smooth bumps add a rotation (0.6 degrees), a shear
+    WS2 fills the left 45 % of the scan and WSe2 the rest, on one continuous
+    lattice: across the straight interface (3 A wide) the lattice expands by
+    the 4.1 % misfit in both directions, so WSe2 has its own lattice constant;
+    to stay continuous the lattice bends within about 10 A of the interface,
+    more so further from the scan's middle row. Smooth bumps add a rotation (0.6 degrees), a shear
     (3e-3), a dilation (2.5e-3, partly in the left-most columns) and a
     uniaxial strain (-3e-3). By default 80 kV, 3 mrad, 193x193 patterns of
     0.0104 1/A pixels: about 97 % of the electrons stay in the central disk
@@ -369,7 +377,7 @@ def monolayer_heterostructure(
         ([[2.5e-3, 0], [0, 2.5e-3]], o + (0.1 * W, 0.3 * H), 0.8 * s),
         ([[-3e-3, 0], [0, 0]], o + (0.75 * W, 0.8 * H), 0.8 * s),
     ]
-    field = _Field(bumps, expansion=WSE2_A / WS2_A - 1, x_i=x_i, step=0.5)
+    field = _Field(bumps, expansion=WSE2_A / WS2_A - 1, x_i=x_i, y_c=margin + 0.5 * H, width=3.0)
     se = lambda p: np.where(p[:, 0] > x_i, "Se", "S")  # noqa: E731
     grains = [(se, WS2_A, 0.0, lambda p: np.ones(len(p), bool))]
     phase_of = lambda xi: ((xi[:, 0] > x_i).astype(int), np.zeros(len(xi), int))  # noqa: E731
@@ -406,7 +414,7 @@ def monolayer_polycrystal(
     n = len(angles)
     # Seeds: the first at the scan centre, the others spread around it.
     phi = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(n - 1) / max(n - 1, 1)
-    seeds = np.vstack([o + (W / 2, H / 2), o + (W / 2, H / 2) + 0.42 * np.stack([W * np.cos(phi), H * np.sin(phi)], 1)])
+    seeds = np.vstack([o + (W / 2, H / 2), o + (W / 2, H / 2) + 0.65 * np.stack([W * np.cos(phi), H * np.sin(phi)], 1)])
     owner = lambda p: spatial.cKDTree(seeds).query(p)[1]  # noqa: E731
     s = 30.0
     bumps = []

@@ -43,12 +43,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from stemae.data.blocks import iter_row_blocks, read_patterns, rows_for_budget
-from stemae.geometry import reference_mask, rotation_matrix, strain_maps
+from stemae.geometry import (
+    deformation_from_reciprocal,
+    polar_decomposition,
+    reciprocal_from_deformation,
+    reference_mask,
+    rotation_matrix,
+    strain_maps,
+)
 from stemae.nn.bundle import load_bundle, save_bundle
 from stemae.nn.lattice import (
+    fit_central_beam,
     fit_disk_lattice,
     gather_windows,
-    linear_fit,
+    linear_sums,
+    solve_linear,
     orientation_search,
     profile_band,
     sample_bilinear,
@@ -63,6 +72,7 @@ from stemae.strain.lattice import (
     fit_lattice,
     lattice_points,
     relabel_covariance,
+    symmetry_angle,
 )
 from stemae.strain.lattice import orientation_search as index_search
 from stemae.strain.pooled import aligned_sum, beam_centers, lattice_check, tile_positions, tile_size
@@ -82,6 +92,8 @@ CLASS_SCALE = 0.01  # distortion (log-stretch norm) that halves a class's weight
 N_OUT = 7  # log_sx, log_sy, shear, cos, sin, tx, ty
 TURN_MARGIN = math.radians(3.0)  # orientation search reaches this beyond the training sample's spread
 NOISE_FLOOR = 0.05  # smallest model value (counts) in Poisson weights
+COARSE = ()  # prediction fits use every disk from the start (inner disks alone are too few at low dose)
+SEARCH_TURN = math.radians(10.0)  # bundles whose training rotations span more search every pattern's orientation
 
 
 def stretch(A: torch.Tensor) -> torch.Tensor:
@@ -138,11 +150,14 @@ class CCSTAE(nn.Module):
     pattern_shape : (Qy, Qx) detector shape the model was trained on
     profile : which disk profile fits use, ``"template"`` or ``"voigt"``
     max_turn : largest rotation (radians) the orientation search considers
+        (pi for a sample of many orientations)
+    spread : rotations (radians) of the patterns relative to their base
+        seen in training (99th percentile); starts stay within it
     input_size : encoder input side
     """
 
     def __init__(self, G, hk, shells, strength, disks: dict, background, radius: float, center, pattern_shape, *,
-                 profile: str = "voigt", max_turn: float = math.pi, input_size: int = 32):
+                 profile: str = "voigt", max_turn: float = math.pi, spread: float = math.pi, input_size: int = 32):
         super().__init__()
         t = lambda a, dtype=torch.float32: torch.as_tensor(np.asarray(a), dtype=dtype)  # noqa: E731
         self.pattern_shape = tuple(int(v) for v in pattern_shape)
@@ -152,6 +167,7 @@ class CCSTAE(nn.Module):
         self.radius = float(radius)
         self.profile = profile
         self.max_turn = float(max_turn)
+        self.spread = float(spread)
         self.G = nn.Parameter(G.clone())
         self.register_buffer("hk", t(hk))
         self.register_buffer("shells", t(shells, torch.int64))
@@ -218,9 +234,13 @@ class CCSTAE(nn.Module):
             vals, w0 = vals.reshape(shape), w0.reshape(shape)
             prof = table_lookup(disk, DISK_DR, r, rows)[0].reshape(shape)
             m = table_lookup(self.background, BACKGROUND_DR, r_bg)[0].reshape(shape)
-            model, a, _, _ = linear_fit(vals, prof, m, w0, True)
+            def model_of(w):
+                a, b, s = solve_linear(linear_sums(vals, prof, m, w, True))
+                return a[..., None] * prof + b[..., None] + s[:, None, None] * m, a
+
+            model, _ = model_of(w0)
             w = w0 / (model.detach().clamp_min(0) + NOISE_FLOOR)
-            model, a, _, _ = linear_fit(vals, prof, m, w, True)
+            model, a = model_of(w)
             chi = (w * (vals - model) ** 2).sum(-1)
             wp = w * prof
             explained = a * a * ((wp * prof).sum(-1) - wp.sum(-1) ** 2 / w.sum(-1).clamp_min(1e-12))
@@ -228,10 +248,10 @@ class CCSTAE(nn.Module):
             return chi / (chi + explained).clamp_min(1e-12)
 
         # Inverse cycle: base drawn through the transform, at the input's pixels.
-        vals, coords, inside = gather_windows(patterns, flat_c, offsets)
-        r = (coords - flat_c[:, :, None]).norm(dim=-1)
-        w0 = inside.to(patterns.dtype) * on.reshape(B, K * J, 1) * ((r >= inner) & (r <= outer))
-        inv = loss(vals, r, (coords - o_flat[:, :, None]).norm(dim=-1), w0)
+        vals, px, py, inside = gather_windows(patterns, flat_c, offsets)
+        r = torch.hypot(px - flat_c[..., 0, None], py - flat_c[..., 1, None])
+        w0 = inside * on.reshape(B, K * J, 1) * ((r >= inner) & (r <= outer))
+        inv = loss(vals, r, torch.hypot(px - o_flat[..., 0, None], py - o_flat[..., 1, None]), w0)
         # Forward cycle: the input pulled onto the base grid through the transform.
         d = offsets.to(patterns.dtype)
         Ad = torch.einsum("bkij,pj->bkpi", A, d).repeat_interleave(J, dim=1)  # (B, K*J, P, 2)
@@ -242,30 +262,101 @@ class CCSTAE(nn.Module):
         fwd = loss(vals_f, r_f, (pts - o_flat[:, :, None]).norm(dim=-1), w0_f)
         return fwd, inv
 
-    def seed_rotation(self, x: torch.Tensor, A: torch.Tensor, origin: torch.Tensor, k) -> torch.Tensor:
+    def seed_rotation(self, x: torch.Tensor, A: torch.Tensor, origin: torch.Tensor, k,
+                      smallest: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Transforms ``A`` (B, 2, 2) of base ``k`` (an int, or (B,) per
         pattern) turned by the orientation search
-        (:func:`~stemae.nn.lattice.orientation_search`) within ``max_turn``.
-        No gradient flows through the turn."""
+        (:func:`~stemae.nn.lattice.orientation_search`) within ``max_turn``,
+        and the turn (B,) in radians; ``smallest`` takes the smallest turn
+        equivalent under the lattice's rotational symmetry (a continuous
+        target for the encoder). No gradient flows through the turn."""
         with torch.no_grad():
             g = self.reflections()[k]
             g = g.expand(len(x), -1, -1) if g.dim() == 2 else g
-            strength = self.strength[k]
-            turn, _ = orientation_search(x, origin, g @ A.transpose(-1, -2), strength, self.shells, self.radius,
+            # Matched-filter weights: log(1 + disk / background) per reflection.
+            bg = table_lookup(self.background, BACKGROUND_DR, g.norm(dim=-1))[0]
+            weights = torch.log1p(self.strength[k] / bg.clamp_min(1e-12 * self.strength.max()))
+            turn, _ = orientation_search(x, origin, g @ A.transpose(-1, -2), weights, self.shells, self.radius,
                                          max_turn=self.max_turn)
+            if smallest:
+                period = symmetry_angle(self.G[0].detach().cpu().double().numpy())
+                turn = torch.remainder(turn + period / 2, period) - period / 2
             c, s = torch.cos(turn), torch.sin(turn)
             R = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
-        return R @ A
+        return R @ A, turn
+
+    def start(self, x: torch.Tensor, origin: torch.Tensor, k: torch.Tensor):
+        """Where a fit with base ``k`` (B,) starts: origin (B, 2) and transform (B, 2, 2).
+
+        The origin is the central beam (a fit of it from the encoder's
+        origin for that base, ``origin`` (B, K, 2)); the transform is the
+        base itself or, for a sample of many orientations, the base turned
+        by the orientation search.
+        """
+        b = torch.arange(len(x), device=x.device)
+        o0 = fit_central_beam(x, origin[b, k], self.disk(), DISK_DR, self.radius, iterations=2)
+        A0 = torch.eye(2, dtype=x.dtype, device=x.device).expand(len(x), 2, 2)
+        if self.max_turn > SEARCH_TURN:
+            A0, _ = self.seed_rotation(x, A0, o0, k)
+        return o0, A0
+
+    def fit_patterns(self, x: torch.Tensor, k: torch.Tensor, origin: torch.Tensor, iterations: int) -> dict:
+        """:func:`~stemae.nn.lattice.fit_disk_lattice` of patterns ``x`` (B, Qy, Qx)
+        from base ``k`` (B,) (see :meth:`start`); ``iterations=0`` only
+        evaluates the start (its ``explained`` says how well the base's
+        disks sit on the pattern)."""
+        o0, A0 = self.start(x, origin, k)
+        return fit_disk_lattice(x, o0, A0, self.reflections()[k], self.disk(), DISK_DR, self.radius, rows=self.rows(),
+                                background=self.background, background_dr=BACKGROUND_DR,
+                                iterations=max(iterations, 1),
+                                regather=tuple(range(min(2, iterations))), local_background=False,
+                                noise_floor=NOISE_FLOOR)
+
+    def distortion(self, G: torch.Tensor) -> torch.Tensor:
+        """Distortion (B, K) of lattices ``G`` (B, 2, 2) relative to each base (see :func:`stretch`)."""
+        return stretch(G[:, None] @ torch.linalg.inv(self.G)[None])
 
 
-def _fit_origins(patterns: np.ndarray, origins: np.ndarray, disk: np.ndarray, radius: float) -> np.ndarray:
-    """Central-beam positions ``(B, 2)`` refined by a likelihood fit of the central disk alone."""
-    x = torch.as_tensor(patterns, dtype=torch.float32)
-    eye = torch.eye(2).expand(len(x), 2, 2)
-    with torch.no_grad():
-        out = fit_disk_lattice(x, torch.as_tensor(origins, dtype=torch.float32), eye, torch.zeros(0, 2),
-                               torch.as_tensor(disk), DISK_DR, radius, iterations=3, noise_floor=NOISE_FLOOR)
-    return out["origin"].double().numpy()
+def _refine_bases(G: np.ndarray, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bases re-estimated from many lattices ``G`` (N, 2, 2): each lattice
+    goes to the base it matches with least distortion, and each base becomes
+    its members' median stretch and mean rotation relative to it (robust
+    to the odd failed fit). Returns bases (K, 2, 2) and classes (N,)."""
+    dist = np.stack([np.linalg.norm(np.log(np.linalg.svd(align_to_reference(G, Gk) @ np.linalg.inv(Gk),
+                                                           compute_uv=False)), axis=-1) for Gk in bases], 1)
+    cls = dist.argmin(1)
+    out = bases.copy()
+    for k, Gk in enumerate(bases):
+        members = align_to_reference(G[cls == k], Gk)
+        if len(members) == 0:
+            continue
+        R, U = polar_decomposition(deformation_from_reciprocal(members, Gk))
+        angle = np.arctan2(R[:, 1, 0], R[:, 0, 0]).mean()
+        out[k] = reciprocal_from_deformation(rotation_matrix(angle) @ np.median(U, axis=0), Gk)
+    return out, cls
+
+
+def _cluster_bases(G: np.ndarray, n_classes: int, seed: int):
+    """Bases from many lattices ``G`` (N, 2, 2), one labelling: their
+    *shapes* (each turned so that g1 lies along +x, so grains of one phase
+    in other orientations fall together) clustered by k-means into
+    ``n_classes`` groups, each base its members' median shape in the
+    orientation of its most typical member; class 0 has the largest
+    reciprocal cell. Returns bases (n_classes, 2, 2) and each lattice's
+    class (N,)."""
+    phi = np.arctan2(G[:, 1, 0], G[:, 0, 0])
+    shapes = align_to_reference(rotation_matrix(-phi) @ G, rotation_matrix(-phi[0]) @ G[0])
+    feats = shapes.reshape(len(G), 4)
+    _, label = kmeans2(feats / (feats.std(0) + 1e-12), n_classes, minit="++", seed=seed)
+    bases = []
+    for j in range(n_classes):
+        members = np.flatnonzero(label == j) if (label == j).any() else np.arange(len(G))
+        shape = np.median(feats[members], axis=0)
+        typical = members[np.argmin(np.abs(feats[members] - shape).sum(1))]
+        bases.append(rotation_matrix(phi[typical]) @ shape.reshape(2, 2))
+    bases = np.array(bases)
+    order = np.argsort(-np.abs(np.linalg.det(bases)))
+    return bases[order], np.argsort(order)[label]
 
 
 def _reflection_indices(G: np.ndarray, center, shape, radius: float) -> np.ndarray:
@@ -315,7 +406,8 @@ def initialise(data, n_classes: int, n_init: int, seed: int, progress: bool = Fa
     -------
     dict of ``G`` (K, 2, 2), ``hk``, ``shells``, ``strength`` (K, J),
     ``disks`` (template and voigt tables), ``voigt`` (its parameters),
-    ``background``, ``radius``, ``center``, ``max_turn`` (radians), ``tile``
+    ``background``, ``radius``, ``center``, ``max_turn`` and ``spread``
+    (radians), ``tile``
     (side in scan positions), ``check`` (:func:`~stemae.strain.pooled.lattice_check`
     of the tile sums).
     """
@@ -330,7 +422,9 @@ def initialise(data, n_classes: int, n_init: int, seed: int, progress: bool = Fa
     patterns = read_patterns(data, rows.ravel(), cols.ravel())
     origins = beam_centers(patterns, r0, center0)
     disk, radius = disk_profile(patterns, origins, r0)
-    origins = _fit_origins(patterns, origins, disk, radius)
+    with torch.no_grad():
+        origins = fit_central_beam(torch.as_tensor(patterns), torch.as_tensor(origins, dtype=torch.float32),
+                                   torch.as_tensor(disk), DISK_DR, radius).double().numpy()
     disk, radius = disk_profile(patterns, origins, radius)
     voigt, voigt_params = fit_pseudo_voigt(disk)
 
@@ -362,21 +456,7 @@ def initialise(data, n_classes: int, n_init: int, seed: int, progress: bool = Fa
         raise ValueError("too few tiles could be indexed to find the lattice: is there a crystal in the scan?")
     G_t = align_to_reference(fit["G"][good], G0)
     check = lattice_check({k: v[good] for k, v in disks.items() if k != "radius"}, G_t, radius)
-    # Cluster lattice *shapes*: each lattice turned so that g1 lies along +x.
-    phi = np.arctan2(G_t[:, 1, 0], G_t[:, 0, 0])
-    shapes = align_to_reference(rotation_matrix(-phi) @ G_t, rotation_matrix(-phi[0]) @ G_t[0])
-    feats = shapes.reshape(len(G_t), 4)
-    _, label = kmeans2(feats / (feats.std(0) + 1e-12), n_classes, minit="++", seed=seed)
-    Gk = []
-    for j in range(n_classes):
-        members = np.flatnonzero(label == j) if (label == j).any() else np.arange(len(G_t))
-        shape = np.median(feats[members], axis=0)
-        typical = members[np.argmin(np.abs(feats[members] - shape).sum(1))]
-        Gk.append(rotation_matrix(phi[typical]) @ shape.reshape(2, 2))
-    Gk = np.array(Gk)
-    order = np.argsort(-np.abs(np.linalg.det(Gk)))  # class 0: largest reciprocal cell
-    Gk = Gk[order]
-    label = np.argsort(order)[label]
+    Gk, label = _cluster_bases(G_t, n_classes, seed)
     center = np.median(origins, 0)
     hk = _reflection_indices(Gk, center, (Qy, Qx), radius)
     shells = _shells(hk, Gk[0])
@@ -422,6 +502,11 @@ def initialise(data, n_classes: int, n_init: int, seed: int, progress: bool = Fa
         second = fit_disk_lattice(x, second["origin"], second["A"], g, torch.as_tensor(tables["voigt"]), DISK_DR,
                                   radius, rows=rows, background=bg, iterations=3, regather=(1, 2),
                                   local_background=False, noise_floor=NOISE_FLOOR)
+    # The bases again, from every pattern's fitted lattice (tiles straddling
+    # phases blur the first estimate).
+    G_pat = second["A"].double().numpy() @ Gk[cls]
+    if n_classes > 1:
+        Gk, cls = _refine_bases(G_pat, Gk)
     total = np.maximum(patterns[sel].sum((1, 2)), 1.0)
     amp = second["amplitudes"][:, 1:].double().numpy() / total[:, None]
     amp = np.where(second["on"][:, 1:].numpy(), amp, np.nan)
@@ -431,15 +516,14 @@ def initialise(data, n_classes: int, n_init: int, seed: int, progress: bool = Fa
         if seen.any():
             strength[k, seen] = np.nanmedian(amp[cls == k][:, seen], axis=0).clip(0, None)
     # Orientation spread of the sample, relative to each base, modulo the lattice symmetry.
-    A_fit = second["A"].double().numpy()
-    G_fit = align_to_reference(A_fit @ Gk[cls], Gk[cls])
+    G_fit = align_to_reference(G_pat, Gk[cls])
     angle = lambda G: np.arctan2(G[:, 1, 0], G[:, 0, 0])  # noqa: E731
     turn = np.abs(np.remainder(angle(G_fit) - angle(Gk[cls]) + np.pi, 2 * np.pi) - np.pi)
     spread = float(np.percentile(turn, 99)) if len(turn) else np.pi
-    max_turn = np.pi if spread > math.radians(10) else spread + TURN_MARGIN
+    max_turn = np.pi if spread > SEARCH_TURN else spread + TURN_MARGIN
     return dict(G=Gk, hk=hk, shells=shells, strength=strength, disks=tables,
                 voigt=dict(central=voigt_params, shells=shell_params), background=background, radius=radius,
-                center=center, max_turn=max_turn, tile=int(tile), check=check)
+                center=center, max_turn=max_turn, spread=spread, tile=int(tile), check=check)
 
 
 def fit(
@@ -489,7 +573,8 @@ def fit(
     rng = np.random.default_rng(seed)
     init = initialise(data, n_classes, n_init, seed, progress)
     model = CCSTAE(init["G"], init["hk"], init["shells"], init["strength"], init["disks"], init["background"],
-                   init["radius"], init["center"], data.shape[2:], profile=profile, max_turn=init["max_turn"]).to(device)
+                   init["radius"], init["center"], data.shape[2:], profile=profile, max_turn=init["max_turn"],
+                   spread=init["spread"]).to(device)
     Ry, Rx = data.shape[:2]
     idx = np.sort(rng.choice(Ry * Rx, min(n_train, Ry * Rx), replace=False))
     r, c = np.unravel_index(idx, (Ry, Rx))
@@ -503,12 +588,17 @@ def fit(
         for start in range(0, len(train), batch_size):
             x = train[perm[start : start + batch_size]]
             logits, A_enc, origin, params = model(x)
-            A = torch.stack([model.seed_rotation(x, A_enc[:, k], origin[:, k], k) for k in range(model.K)], 1)
+            with torch.no_grad():
+                beam = fit_central_beam(x, origin.mean(1), model.disk(), DISK_DR, model.radius, iterations=2)
+            seeded = [model.seed_rotation(x, A_enc[:, k], beam, k, smallest=True) for k in range(model.K)]
+            A = torch.stack([a for a, _ in seeded], 1)
             fwd, inv = model.cycle_losses(x, A, origin)
-            # The encoder learns the orientation search's turn too (without
-            # this its own rotation would drift, the turn making up for it).
-            turned = ((A_enc - A.detach()) ** 2).sum((-1, -2)) / 0.01**2
-            per_class = fwd + inv + reg * ((params[..., :3] ** 2).sum(-1) / 0.05**2 + turned)
+            # The encoder learns the orientation search's turn and the central
+            # beam's position too (without this its own rotation would drift,
+            # the turn making up for it, and descan would be learnt slowly).
+            turned = torch.stack([t for _, t in seeded], 1) ** 2 / 0.01**2
+            shifted = ((origin - beam[:, None]) ** 2).sum(-1)
+            per_class = fwd + inv + reg * ((params[..., :3] ** 2).sum(-1) / 0.05**2 + turned) + 0.1 * shifted
             # Every base learns a transform for every pattern; a pattern's
             # class is the base it fits with the least distortion, and mostly
             # that base's lattice learns from it.
@@ -571,19 +661,27 @@ def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, 
         flat = torch.as_tensor(block.reshape(-1, Qy, Qx), device=device)
         for start in range(0, len(flat), batch_size):
             x = flat[start : start + batch_size]
-            logits, A, origin, _ = model(x)
+            logits, _, origin, _ = model(x)
+            # The fit starts from the base whose disks sit best on the
+            # pattern (the encoder's class where there is one base); where
+            # the fitted lattice lies nearer another base, a fit from that
+            # base instead (a start a few per cent off converges only partly).
             k = logits.argmax(-1)
-            b = torch.arange(len(x), device=device)
-            o0, g = origin[b, k], g_all[k]
-            A0 = model.seed_rotation(x, A[b, k], o0, k)
-            fit_ = fit_disk_lattice(x, o0, A0, g, disk, DISK_DR, model.radius, rows=model.rows(),
-                                    background=model.background,
-                                    background_dr=BACKGROUND_DR, iterations=iterations,
-                                    regather=tuple(range(iterations)), coarse=1, local_background=False,
-                                    noise_floor=NOISE_FLOOR)
+            if model.K > 1:
+                evidence = [model.fit_patterns(x, torch.full_like(k, kk), origin, 0)["explained"]
+                            for kk in range(model.K)]
+                k = torch.stack(evidence, 1).argmax(1)
+            fit_ = model.fit_patterns(x, k, origin, iterations)
             G = fit_["A"] @ model.G[k]
-            # Phase: the base this refined lattice matches with least distortion.
-            distortion = stretch(G[:, None] @ G_inv[None])
+            near = model.distortion(G).argmin(-1)
+            redo = torch.nonzero(near != k)[:, 0]
+            if len(redo):
+                again = model.fit_patterns(x[redo], near[redo], origin[redo], iterations)
+                for key, v in again.items():
+                    fit_[key][redo] = v
+                k[redo] = near[redo]
+                G = fit_["A"] @ model.G[k]
+            distortion = model.distortion(G)
             # Covariance of G = A G_k (row-major): each row of A times G_k.
             info = fit_["information"].double()
             info = info + 1e-9 * torch.diagonal(info, dim1=-2, dim2=-1).mean(-1)[:, None, None] * torch.eye(
@@ -619,6 +717,7 @@ def save(model: CCSTAE, path, record: dict | None = None):
         radius=model.radius,
         profile=model.profile,
         max_turn=model.max_turn,
+        spread=model.spread,
         training=record or {},
     )
     return save_bundle(path, KIND, config, model.state_dict())
@@ -634,7 +733,7 @@ def load(path, profile: str | None = None) -> CCSTAE:
     model = CCSTAE(t["G"].numpy(), t["hk"].numpy(), t["shells"].numpy(), t["strength"].numpy(),
                    dict(template=t["disk_template"].numpy(), voigt=t["disk_voigt"].numpy()), t["background"].numpy(),
                    config["radius"], t["center"].numpy(), config["pattern_shape"], profile=profile,
-                   max_turn=config["max_turn"], input_size=config["input_size"])
+                   max_turn=config["max_turn"], spread=config["spread"], input_size=config["input_size"])
     model.load_state_dict(t)
     return model.eval()
 

@@ -80,7 +80,9 @@ def choose_basis(points: np.ndarray, strength: np.ndarray, min_length: float) ->
     to ``g1`` making a right-handed pair (``det [g1 g2] > 0``), the smallest
     angle from ``g1`` winning ties. In 2D these two shortest independent
     vectors always form a primitive basis, on hexagonal lattices too. The
-    basis is then refined by a least-squares fit to all indexed points.
+    basis is then refined by a least-squares fit to all indexed points and
+    returned in reduced form (:func:`reduce_basis`), so that every basis
+    stemae chooses follows one convention.
 
     Parameters
     ----------
@@ -115,7 +117,7 @@ def choose_basis(points: np.ndarray, strength: np.ndarray, min_length: float) ->
     if ok.sum() >= 2:
         sol, *_ = np.linalg.lstsq(r[ok], pts[ok], rcond=None)  # pts = r @ G^T
         G = sol.T
-    return G
+    return reduce_basis(G)
 
 
 def fit_lattice(
@@ -258,6 +260,46 @@ def align_to_reference(G: np.ndarray, G_ref: np.ndarray) -> np.ndarray:
     dist = np.where(np.isfinite(dist) & same, dist, np.inf)
     i = dist.argmin(-1)
     return np.take_along_axis(cand, i[..., None, None, None], axis=-3)[..., 0, :, :]
+
+
+def reduce_basis(G: np.ndarray) -> np.ndarray:
+    """The reduced basis of a lattice (Lagrange-Gauss): the two shortest
+    independent vectors, at an acute angle (60 rather than 120 degrees on a
+    hexagonal lattice), right-handed (``det > 0``), ``g1`` the shorter.
+
+    Parameters
+    ----------
+    G : ndarray (2, 2), columns g1, g2
+
+    Returns
+    -------
+    ndarray (2, 2)
+    """
+    a, b = (np.asarray(G, dtype=np.float64)[:, i].copy() for i in range(2))
+    for _ in range(100):
+        if a @ a > b @ b:
+            a, b = b, a
+        m = np.round((a @ b) / (a @ a))
+        if m == 0:
+            break
+        b = b - m * a
+    if a @ b < 0:
+        b = -b
+    if a[0] * b[1] - a[1] * b[0] < 0:
+        a, b = b, a
+    return np.stack([a, b], 1)
+
+
+def symmetry_angle(G: np.ndarray) -> float:
+    """Smallest rotation (radians) that maps the lattice of basis ``G``
+    (2, 2) onto itself, to 2 %: pi/3 for hexagonal, pi/2 for square, pi
+    otherwise (every lattice has the half turn)."""
+    G = np.asarray(G, dtype=np.float64)
+    for angle in (np.pi / 3, np.pi / 2):
+        turned = rotation_matrix(angle) @ G
+        if np.linalg.norm(align_to_reference(turned, G) - G) < 0.02 * np.linalg.norm(G):
+            return float(angle)
+    return float(np.pi)
 
 
 def relabel_covariance(cov: np.ndarray, G_old: np.ndarray, G_new: np.ndarray) -> np.ndarray:

@@ -247,11 +247,12 @@ def shell_profiles(patterns: np.ndarray, origins: np.ndarray, centers: np.ndarra
     for i in range(0, len(patterns), 64):
         x = torch.as_tensor(patterns[i : i + 64], dtype=torch.float64)
         c = torch.as_tensor(np.nan_to_num(centers[i : i + 64]))
-        vals, coords, inside = gather_windows(x, c, offsets)
-        r = (coords - c[:, :, None]).norm(dim=-1)
-        rb = (coords - torch.as_tensor(origins[i : i + 64])[:, None, None]).norm(dim=-1)
+        vals, px, py, inside = gather_windows(x, c, offsets)
+        r = torch.hypot(px - c[..., 0, None], py - c[..., 1, None])
+        o = torch.as_tensor(origins[i : i + 64])
+        rb = torch.hypot(px - o[:, 0, None, None], py - o[:, 1, None, None])
         bg = torch.as_tensor(scales[i : i + 64])[:, None, None] * table_lookup(M, BACKGROUND_DR, rb)[0]
-        use = inside & torch.as_tensor(ok[i : i + 64])[..., None] & (r < r_max)
+        use = (inside > 0) & torch.as_tensor(ok[i : i + 64])[..., None] & (r < r_max)
         k = (r / 0.1).long().clamp(max=nb - 1) + torch.as_tensor(shells)[None, :, None] * nb
         a = torch.as_tensor(amplitudes[i : i + 64])[..., None].expand_as(r)
         num += np.bincount(k[use].numpy(), weights=(vals - bg)[use].numpy(), minlength=S * nb).reshape(S, nb)
