@@ -241,7 +241,9 @@ def strain_maps(
     cov : ndarray (Ry, Rx, 4, 4), optional
         Covariance of each basis (see :func:`strain_uncertainty`); adds the
         standard deviations ``sigma_e_xx``, ``sigma_e_yy``, ``sigma_e_xy``
-        and ``sigma_theta`` (degrees), the reference's uncertainty included.
+        and ``sigma_theta`` (degrees), the reference's uncertainty included,
+        each scaled up where neighbouring positions scatter more than they
+        say (:func:`neighbour_scale`).
 
     Returns
     -------
@@ -262,12 +264,37 @@ def strain_maps(
     F[ok] = deformation_from_reciprocal(G[ok], G_ref)
     maps = {k: v.astype(np.float32) for k, v in strain_from_deformation(F).items()}
     if cov is not None:
-        cov = np.asarray(cov, dtype=np.float64)
+        cov = np.nan_to_num(np.asarray(cov, dtype=np.float64))
         cov_ref = cov[members].mean(axis=0) / members.sum()
-        sd = strain_uncertainty(np.where(ok[..., None, None], G, G_ref), G_ref, np.nan_to_num(cov), cov_ref)
-        for k, v in sd.items():
-            maps[f"sigma_{k}"] = np.where(ok, v, np.nan).astype(np.float32)
+        G_ok = np.where(ok[..., None, None], G, G_ref)
+        total = strain_uncertainty(G_ok, G_ref, cov, cov_ref)
+        for k in total:
+            maps[f"sigma_{k}"] = np.where(ok, total[k], np.nan).astype(np.float32)
     return maps, G_ref
+
+
+def neighbour_scale(values: np.ndarray, sigma: np.ndarray, min_triples: int = 20) -> float:
+    """How much larger the scatter of a map is than its standard deviations
+    say, from neighbouring positions: the robust spread (1.4826 times the
+    median absolute value) of the second differences
+    ``(v_a - 2 v_b + v_c) / sqrt(s_a^2 + 4 s_b^2 + s_c^2)`` over three
+    neighbours along rows and along columns, at least 1.
+
+    Second differences cancel the map's own gradients, so where it varies
+    smoothly on the scale of the scan step this is 1 for calibrated
+    ``sigma``; it exceeds 1 where the fits' Fisher information overstates
+    their precision (at a few electrons per Bragg disk, where their free
+    amplitudes are themselves uncertain). Arrays (Ry, Rx), NaN where
+    invalid; shared offsets (the reference's error) cancel.
+    """
+    z = []
+    for v, sd in ((values, sigma), (values.T, sigma.T)):
+        d = (v[:, :-2] - 2 * v[:, 1:-1] + v[:, 2:]) / np.sqrt(sd[:, :-2] ** 2 + 4 * sd[:, 1:-1] ** 2 + sd[:, 2:] ** 2)
+        z.append(d[np.isfinite(d)])
+    z = np.concatenate(z)
+    if len(z) < min_triples:
+        return 1.0
+    return float(max(1.0, 1.4826 * np.median(np.abs(z))))
 
 
 def _strain_vector(G: np.ndarray, G_ref: np.ndarray) -> np.ndarray:

@@ -140,15 +140,10 @@ def linear_sums(vals, prof, m, w, local_background: bool) -> dict:
     return out
 
 
-def solve_linear(sums: dict, prior=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def solve_linear(sums: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-disk amplitude ``a`` and offset ``b`` (B, J) and background scale
-    ``s`` (B,) from :func:`linear_sums`, exactly (Schur complement on ``s``).
-    ``prior`` optionally ``(a0, precision)``, each (B, J): a Gaussian prior
-    on the amplitudes."""
+    ``s`` (B,) from :func:`linear_sums`, exactly (Schur complement on ``s``)."""
     s_pp, s_pv, s_p1, s_11, s_1v = sums["pp"], sums["pv"], sums["p1"], sums["11"], sums["1v"]
-    if prior is not None:
-        s_pp = s_pp + prior[1]
-        s_pv = s_pv + prior[0] * prior[1]
     if "mm" not in sums:
         s = torch.zeros(s_pp.shape[0], dtype=s_pp.dtype, device=s_pp.device)
     else:
@@ -197,8 +192,6 @@ def fit_disk_lattice(
     noise_floor: float = 0.05,
     min_on_detector: float = 0.5,
     use_central: bool = True,
-    amplitude_prior: torch.Tensor | None = None,
-    prior_spread: float = 0.3,
 ) -> dict[str, torch.Tensor]:
     """Maximum-likelihood fit of origin and transform to each pattern's disks.
 
@@ -247,11 +240,6 @@ def fit_disk_lattice(
     min_on_detector : disks whose centre is more than this many radii off
         the detector are left out
     use_central : include the central beam (it constrains the origin)
-    amplitude_prior : (B, J) or (J,), optional: the expected plateau of each
-        Bragg disk (counts; 0 for none). A Gaussian prior of relative width
-        ``prior_spread`` then steadies the amplitudes of weak disks, whose
-        own counts determine them poorly (free amplitudes from a few tens of
-        counts make the fit noisier than its Fisher information says)
 
     Returns
     -------
@@ -291,10 +279,6 @@ def fit_disk_lattice(
     # d c_x / d theta and d c_y / d theta, theta = (o_x, o_y, A00, A01, A10, A11).
     ux = torch.stack([one, zero, gx, gy, zero, zero], -1)
     uy = torch.stack([zero, one, zero, zero, gx, gy], -1)
-    prior = None
-    if amplitude_prior is not None:
-        a0 = torch.cat([torch.zeros_like(origin[:, :1]), amplitude_prior.to(dev, dt).expand(B, -1)], 1)
-        prior = (a0, torch.where(a0 > 0, 1.0 / (prior_spread * a0).clamp_min(1e-12) ** 2, torch.zeros_like(a0)))
     w = None
     m_edge = min_on_detector * radius
     for it in range(max(iterations, 1)):
@@ -324,7 +308,7 @@ def fit_disk_lattice(
         for _ in range(2 if w is None else 1):
             w = w0 if w is None else w0 / lam.clamp_min(noise_floor)
             sums = linear_sums(vals, prof, m, w, local_background)
-            a, b, s = solve_linear(sums, prior)
+            a, b, s = solve_linear(sums)
             lam = a[..., None] * prof
             if local_background:
                 lam = lam + b[..., None]
@@ -334,26 +318,34 @@ def fit_disk_lattice(
         # d lambda / d c = -q (dx, dy) with q = a p'(r) / r.
         q = a[..., None] * slope / r
         kx, ky = w * q * dx, w * q * dy  # -(w d lambda/d c)
+        tx, ty = -(kx * res).sum(-1), -(ky * res).sum(-1)
         kqx = kx * q
         sxx, sxy, syy = (kqx * dx).sum(-1), (kqx * dy).sum(-1), (ky * q * dy).sum(-1)
         # Information lost to each disk's amplitude and offset (Schur complement).
         n_pp, n_p1, n_11 = sums["pp"], sums["p1"], sums["11"]
-        if prior is not None:
-            n_pp = n_pp + prior[1]
         xpx, xpy = -(kx * prof).sum(-1), -(ky * prof).sum(-1)
         if local_background:
             x1x, x1y = -kx.sum(-1), -ky.sum(-1)
         else:
             x1x = x1y = torch.zeros_like(xpx)
-        explained = a * a * (n_pp - n_p1 * n_p1 / n_11.clamp_min(1e-12))  # chi-square the disk removes
+        a_info = n_pp - n_p1 * n_p1 / n_11.clamp_min(1e-12)  # information on the amplitude
+        explained = a * a * a_info  # chi-square the disk removes
+        # A disk's position information grows with its amplitude squared;
+        # the fitted amplitude's square overstates it by the amplitude's
+        # variance (by a factor two for a disk of a few tens of counts): the
+        # reported information uses the unbiased a^2 - var(a).
+        unbiased = (1 - 1 / (a * a * a_info).clamp_min(1e-12)).clamp(0, 1)
         zax, zbx = _solve2(n_pp, n_p1, n_11, xpx, x1x)
         zay, zby = _solve2(n_pp, n_p1, n_11, xpy, x1y)
         sxx = sxx - (xpx * zax + x1x * zbx)
         sxy = sxy - (xpx * zay + x1x * zby)
         syy = syy - (xpy * zay + x1y * zby)
-        tx, ty = -(kx * res).sum(-1), -(ky * res).sum(-1)
-        hess = (torch.einsum("bj,bji,bjk->bik", sxx, ux, ux) + torch.einsum("bj,bji,bjk->bik", sxy, ux, uy)
-                + torch.einsum("bj,bji,bjk->bik", sxy, uy, ux) + torch.einsum("bj,bji,bjk->bik", syy, uy, uy))
+        def assemble(cxx, cxy, cyy):
+            return (torch.einsum("bj,bji,bjk->bik", cxx, ux, ux) + torch.einsum("bj,bji,bjk->bik", cxy, ux, uy)
+                    + torch.einsum("bj,bji,bjk->bik", cxy, uy, ux) + torch.einsum("bj,bji,bjk->bik", cyy, uy, uy))
+
+        hess = assemble(sxx, sxy, syy)
+        info = assemble(sxx * unbiased, sxy * unbiased, syy * unbiased)
         scores = tx[..., None] * ux + ty[..., None] * uy  # (B, J, 6) each disk's share of the gradient
         grad = scores.sum(1)
         if m is not None:
@@ -364,8 +356,9 @@ def fit_disk_lattice(
             yy = -(ky * m).sum(-1) - (xpy * zav + x1y * zbv)
             cross = torch.einsum("bj,bji->bi", yx, ux) + torch.einsum("bj,bji->bi", yy, uy)
             i_ss = sums["mm"] - (vp * zav + v1 * zbv).sum(1)
-            hess = hess - cross[:, :, None] * cross[:, None, :] / i_ss.clamp_min(1e-12)[:, None, None]
-        info = hess
+            coupling = cross[:, :, None] * cross[:, None, :] / i_ss.clamp_min(1e-12)[:, None, None]
+            hess = hess - coupling
+            info = info - coupling
         step = _scaled_solve(hess, grad, eye)
         origin = origin + step[:, :2].clamp(-2.0, 2.0)
         A = A + step[:, 2:].clamp(-0.05, 0.05).reshape(B, 2, 2)

@@ -317,6 +317,18 @@ class CCSTAE(nn.Module):
         return stretch(G[:, None] @ torch.linalg.inv(self.G)[None])
 
 
+def _tile_basis(disks: dict, t: int, radius: float) -> np.ndarray:
+    """A reduced basis (2, 2) from the disks found in summed pattern ``t``
+    (:func:`~stemae.strain.disks.find_disks` output)."""
+    v = disks["positions"][t] - disks["positions"][t, disks["central"][t]]
+    w = np.where(np.arange(len(v)) == disks["central"][t], 0.0, disks["intensity"][t])
+    ok = np.isfinite(v).all(-1) & (w > 0)
+    if not ok.any():
+        raise ValueError("no disks")
+    pts, strength = lattice_points(v[ok], w[ok], radius, float(np.abs(v[ok]).max()) + 2)
+    return choose_basis(pts, strength, min_length=1.5 * radius)
+
+
 def _refine_bases(G: np.ndarray, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Bases re-estimated from many lattices ``G`` (N, 2, 2): each lattice
     goes to the base it matches with least distortion, and each base becomes
@@ -435,12 +447,20 @@ def initialise(data, n_classes: int, n_init: int, seed: int, progress: bool = Fa
     base_o = np.round(base_o)
     clean = np.stack([s - ring_median_background(s, o, radius + 3) for s, o in zip(sums, base_o)])
     disks = find_disks(clean, radius, np.median(base_o, 0), min_relative_intensity=0.02, max_peaks=64)
-    strong = int(np.argmax(np.sort(disks["intensity"], axis=-1)[..., -8:-1].sum(-1)))
-    v = disks["positions"][strong] - disks["positions"][strong, disks["central"][strong]]
-    w = np.where(np.arange(len(v)) == disks["central"][strong], 0.0, disks["intensity"][strong])
-    ok = np.isfinite(v).all(-1) & (w > 0)
-    pts, st = lattice_points(v[ok], w[ok], radius, float(np.abs(v[ok]).max()) + 2 if ok.any() else 2 * radius)
-    G0 = choose_basis(pts, st, min_length=1.5 * radius)
+    # The basis of the tile sum that it explains best, among the five with
+    # the strongest disks (a tile astride a grain boundary holds two lattices).
+    strongest = np.argsort(-np.sort(disks["intensity"], axis=-1)[..., -8:-1].sum(-1))[:5]
+    best = -1.0
+    for t in strongest:
+        try:
+            G_c = _tile_basis(disks, int(t), radius)
+        except ValueError:
+            continue
+        score = lattice_check({k: v[t : t + 1] for k, v in disks.items()}, G_c, radius)
+        if score["indexed"] + score["sites"] > best:
+            best, G0 = score["indexed"] + score["sites"], G_c
+    if best < 0:
+        raise ValueError("no lattice found in the summed patterns: is there a crystal in the scan?")
     tol = 0.15 * np.linalg.norm(G0, axis=0).min()
     P, Wt, C = disks["positions"], disks["intensity"], disks["central"]
     fit = fit_lattice(P, Wt, C, G0, tol)
@@ -451,7 +471,7 @@ def initialise(data, n_classes: int, n_init: int, seed: int, progress: bool = Fa
         redo = fit_lattice(P, Wt, C, start, tol)
         for k in fit:
             fit[k][lost] = redo[k][lost]
-    good = fit["ok"]
+    good = fit["ok"] & (fit["fraction"] >= 0.6)  # tiles whose disks the lattice explains
     if good.sum() < n_classes:
         raise ValueError("too few tiles could be indexed to find the lattice: is there a crystal in the scan?")
     G_t = align_to_reference(fit["G"][good], G0)
