@@ -7,7 +7,9 @@ depends on py4DSTEM and NumPy only. Called by bench_strain.py:
 
 settings: data (.npy path), out (.npz path), radius (px), reference mask
 (.npy path), g1, g2 (basis hint, stemae (x, y) pixel convention), plus
-detection settings. Writes g1, g2, origin (stemae (x, y) convention),
+detection settings (relative_to_peak 1 measures intensities against the
+brightest Bragg disk rather than the central beam, for monolayers;
+radial_bksb subtracts a radial median background). Writes g1, g2, origin (stemae (x, y) convention),
 valid, and timings.
 """
 
@@ -20,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import py4DSTEM  # noqa: E402
+from py4DSTEM.process.calibration.origin import get_origin  # noqa: E402
 from py4DSTEM.process.utils import get_maxima_2D  # noqa: E402
 
 
@@ -33,13 +36,21 @@ def main(settings_path):
     r = s["radius"]
     probe = py4DSTEM.Probe.generate_synthetic_probe(r, 2.0, (Qy, Qx))
     kernel = probe.get_kernel(mode="sigmoid", origin=(Qy / 2, Qx / 2), radii=(r * 1.0, r * 2.0))
+    if s["radial_bksb"]:
+        # A diffuse background: subtract each pattern's radial median around
+        # its own origin before correlating (the origin must be known first).
+        qx0, qy0, _ = get_origin(dc, r=r)
+        dc.calibration.set_origin((qx0, qy0))
+        py4DSTEM.process.polar.PolarDatacube(dc, qmax=float(np.hypot(Qx, Qy) / 2), ellipse=False)
     bv = dc.find_Bragg_disks(
         template=kernel,
+        radial_bksb=s["radial_bksb"],
         corrPower=1.0,
-        sigma=0,
+        sigma=s.get("sigma", 0),
         subpixel="multicorr",
         upsample_factor=16,
         minRelativeIntensity=s["min_relative_intensity"],
+        relativeToPeak=s["relative_to_peak"],
         minPeakSpacing=s["min_spacing"],
         edgeBoundary=int(round(r)),
         maxNumPeaks=s["max_peaks"],

@@ -192,6 +192,8 @@ def fit_disk_lattice(
     noise_floor: float = 0.05,
     min_on_detector: float = 0.5,
     use_central: bool = True,
+    unbiased: bool = True,
+    evaluate_only: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Maximum-likelihood fit of origin and transform to each pattern's disks.
 
@@ -240,6 +242,13 @@ def fit_disk_lattice(
     min_on_detector : disks whose centre is more than this many radii off
         the detector are left out
     use_central : include the central beam (it constrains the origin)
+    unbiased : count each disk's information with ``a^2 - var(a)`` rather
+        than its fitted amplitude squared, which noise inflates (set False
+        for noise-free patterns, whose amplitudes are exact)
+    evaluate_only : only solve the linear parameters at the start and
+        return ``{"misfit": (B,)}``, the Bragg disks' Poisson deviance per
+        pixel there (how badly disks at the start sit on the pattern; starts
+        of one pattern compare by it)
 
     Returns
     -------
@@ -315,6 +324,10 @@ def fit_disk_lattice(
             if m is not None:
                 lam = lam + s[:, None, None] * m
         res = vals - lam
+        if evaluate_only:  # Poisson deviance per pixel of the Bragg disks' windows
+            lam_ = lam.clamp_min(noise_floor)
+            dev = 2 * (torch.special.xlogy(vals, vals / lam_) - (vals - lam_)) * w0
+            return {"misfit": dev[:, 1:].sum((1, 2)) / w0[:, 1:].sum((1, 2)).clamp_min(1)}
         # d lambda / d c = -q (dx, dy) with q = a p'(r) / r.
         q = a[..., None] * slope / r
         kx, ky = w * q * dx, w * q * dy  # -(w d lambda/d c)
@@ -334,7 +347,7 @@ def fit_disk_lattice(
         # the fitted amplitude's square overstates it by the amplitude's
         # variance (by a factor two for a disk of a few tens of counts): the
         # reported information uses the unbiased a^2 - var(a).
-        unbiased = (1 - 1 / (a * a * a_info).clamp_min(1e-12)).clamp(0, 1)
+        shrink = (1 - 1 / (a * a * a_info).clamp_min(1e-12)).clamp(0, 1) if unbiased else torch.ones_like(a)
         zax, zbx = _solve2(n_pp, n_p1, n_11, xpx, x1x)
         zay, zby = _solve2(n_pp, n_p1, n_11, xpy, x1y)
         sxx = sxx - (xpx * zax + x1x * zbx)
@@ -345,7 +358,7 @@ def fit_disk_lattice(
                     + torch.einsum("bj,bji,bjk->bik", cxy, uy, ux) + torch.einsum("bj,bji,bjk->bik", cyy, uy, uy))
 
         hess = assemble(sxx, sxy, syy)
-        info = assemble(sxx * unbiased, sxy * unbiased, syy * unbiased)
+        info = assemble(sxx * shrink, sxy * shrink, syy * shrink)
         scores = tx[..., None] * ux + ty[..., None] * uy  # (B, J, 6) each disk's share of the gradient
         grad = scores.sum(1)
         if m is not None:

@@ -106,9 +106,11 @@ def strain_bound(
     if np.ndim(background) == 0:
         frac = float(background)
         width = 0.5 * np.linalg.norm(G[0], axis=0).min() if background_width is None else background_width
-        P = P / P.sum((1, 2), keepdims=True)
-        P = (1 - frac) * P + frac * diffuse_background(origin, (Qy, Qx), width)
-        P = P * (1.0 if dose is None else dose)
+        total = P.sum((1, 2), keepdims=True)
+        P = P / total
+        if frac > 0:
+            P = (1 - frac) * P + frac * diffuse_background(origin, (Qy, Qx), width)
+        P = P * (total if dose is None else dose)
     else:
         P = (P if dose is None else dose * P / P.sum((1, 2), keepdims=True)) + np.asarray(background, np.float64)
     # Reflections on the detector (centres at most half a radius off it).
@@ -143,7 +145,7 @@ def strain_bound(
         tables = np.vstack([central[None], np.where(np.isfinite(measured), measured, central[None])])
         final = fit_disk_lattice(x, second["origin"], second["A"], g, t(tables), DISK_DR, radius,
                                  rows=torch.as_tensor(shells + 1), background=t(bg), background_dr=BACKGROUND_DR,
-                                 iterations=2, regather=(1,), local_background=False)
+                                 iterations=2, regather=(1,), local_background=False, unbiased=False)
     info = final["information"].numpy()
     cov_A = np.linalg.inv(info + 1e-12 * np.trace(info, axis1=1, axis2=2)[:, None, None] * np.eye(6))[:, 2:, 2:]
     K = np.zeros((B, 4, 4))

@@ -93,6 +93,7 @@ N_OUT = 7  # log_sx, log_sy, shear, cos, sin, tx, ty
 TURN_MARGIN = math.radians(3.0)  # orientation search reaches this beyond the training sample's spread
 NOISE_FLOOR = 0.05  # smallest model value (counts) in Poisson weights
 COARSE = ()  # prediction fits use every disk from the start (inner disks alone are too few at low dose)
+PHASE_ROUNDS = 2  # passes of refitting positions whose neighbours hold another phase
 SEARCH_TURN = math.radians(10.0)  # bundles whose training rotations span more search every pattern's orientation
 
 
@@ -285,32 +286,27 @@ class CCSTAE(nn.Module):
             R = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
         return R @ A, turn
 
-    def start(self, x: torch.Tensor, origin: torch.Tensor, k: torch.Tensor):
-        """Where a fit with base ``k`` (B,) starts: origin (B, 2) and transform (B, 2, 2).
-
-        The origin is the central beam (a fit of it from the encoder's
-        origin for that base, ``origin`` (B, K, 2)); the transform is the
-        base itself or, for a sample of many orientations, the base turned
-        by the orientation search.
-        """
-        b = torch.arange(len(x), device=x.device)
-        o0 = fit_central_beam(x, origin[b, k], self.disk(), DISK_DR, self.radius, iterations=2)
+    def start(self, x: torch.Tensor, origin: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Where a fit of patterns ``x`` with base ``k`` (B,) and central beam
+        ``origin`` (B, 2) starts: the base itself or, for a sample of many
+        orientations, the base turned by the orientation search. Returns
+        transforms (B, 2, 2)."""
         A0 = torch.eye(2, dtype=x.dtype, device=x.device).expand(len(x), 2, 2)
         if self.max_turn > SEARCH_TURN:
-            A0, _ = self.seed_rotation(x, A0, o0, k)
-        return o0, A0
+            A0, _ = self.seed_rotation(x, A0, origin, k)
+        return A0
 
-    def fit_patterns(self, x: torch.Tensor, k: torch.Tensor, origin: torch.Tensor, iterations: int) -> dict:
+    def fit_patterns(self, x: torch.Tensor, k: torch.Tensor, origin: torch.Tensor, iterations: int,
+                     evaluate_only: bool = False) -> dict:
         """:func:`~stemae.nn.lattice.fit_disk_lattice` of patterns ``x`` (B, Qy, Qx)
-        from base ``k`` (B,) (see :meth:`start`); ``iterations=0`` only
-        evaluates the start (its ``explained`` says how well the base's
-        disks sit on the pattern)."""
-        o0, A0 = self.start(x, origin, k)
-        return fit_disk_lattice(x, o0, A0, self.reflections()[k], self.disk(), DISK_DR, self.radius, rows=self.rows(),
-                                background=self.background, background_dr=BACKGROUND_DR,
-                                iterations=max(iterations, 1),
+        from base ``k`` (B,) and central beam ``origin`` (B, 2) (see
+        :meth:`start`); ``evaluate_only`` returns how badly the base's disks
+        sit on each pattern at the start (``misfit``)."""
+        return fit_disk_lattice(x, origin, self.start(x, origin, k), self.reflections()[k], self.disk(), DISK_DR,
+                                self.radius, rows=self.rows(), background=self.background,
+                                background_dr=BACKGROUND_DR, iterations=iterations,
                                 regather=tuple(range(min(2, iterations))), local_background=False,
-                                noise_floor=NOISE_FLOOR)
+                                noise_floor=NOISE_FLOOR, evaluate_only=evaluate_only)
 
     def distortion(self, G: torch.Tensor) -> torch.Tensor:
         """Distortion (B, K) of lattices ``G`` (B, 2, 2) relative to each base (see :func:`stretch`)."""
@@ -643,14 +639,90 @@ OUTPUTS = {"G": (2, 2), "cov": (4, 4), "origin": (2,), "phase": (), "probabiliti
 
 
 @torch.no_grad()
+def _predict_batch(model: CCSTAE, x: torch.Tensor, iterations: int, area: torch.Tensor,
+                   base: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """:func:`predict`'s work on patterns ``x`` (B, Qy, Qx); ``base`` (B,)
+    forces the base the fits start from. Returns its outputs, one row per pattern."""
+    device = x.device
+    disk = model.disk()
+    logits, _, origin, _ = model(x)
+    k = logits.argmax(-1)
+    b = torch.arange(len(x), device=device)
+    o0 = fit_central_beam(x, origin[b, k], disk, DISK_DR, model.radius, iterations=2)
+    # The fit starts from the base whose disks sit best on the pattern
+    # (least misfit); where the fitted lattice lies nearer another base, a
+    # fit from that base instead (a start a few per cent off converges only
+    # partly).
+    if base is not None:
+        k = base
+    elif model.K > 1:
+        misfit = [model.fit_patterns(x, torch.full_like(k, kk), o0, 1, evaluate_only=True)["misfit"]
+                  for kk in range(model.K)]
+        k = torch.stack(misfit, 1).argmin(1)
+    fit_ = model.fit_patterns(x, k, o0, iterations)
+    G = fit_["A"] @ model.G[k]
+    near = model.distortion(G).argmin(-1)
+    redo = torch.nonzero(near != k)[:, 0]
+    if len(redo):
+        again = model.fit_patterns(x[redo], near[redo], o0[redo], iterations)
+        for key, v in again.items():
+            fit_[key][redo] = v
+        k[redo] = near[redo]
+        G = fit_["A"] @ model.G[k]
+    distortion = model.distortion(G)
+    # Covariance of G = A G_k (row-major): each row of A times G_k.
+    info = fit_["information"].double()
+    info = info + 1e-9 * torch.diagonal(info, dim1=-2, dim2=-1).mean(-1)[:, None, None] * torch.eye(
+        6, dtype=info.dtype, device=device)
+    cov_A = torch.linalg.inv(info)[:, 2:, 2:]
+    Kt = torch.zeros(len(x), 4, 4, dtype=cov_A.dtype, device=device)
+    Gt = model.G[k].transpose(-1, -2).double()
+    Kt[:, :2, :2] = Gt
+    Kt[:, 2:, 2:] = Gt
+    on = fit_["on"][:, 1:]
+    out = dict(G=G, cov=Kt @ cov_A @ Kt.transpose(-1, -2), origin=fit_["origin"], phase=distortion.argmin(-1),
+               probabilities=torch.softmax(-0.5 * (distortion / CLASS_SCALE) ** 2, -1),
+               chi2=fit_["chi2"] / fit_["dof"].clamp_min(1), n_disks=on.sum(1),
+               disk_intensity=torch.where(on, fit_["amplitudes"][:, 1:] * area, torch.nan),
+               background=fit_["background"])
+    return {key: v.cpu().numpy() for key, v in out.items()}
+
+
+def isolated_phases(phase: np.ndarray, min_votes: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Positions whose class most of their eight neighbours (at least
+    ``min_votes`` of them) do not share, agreeing on another instead:
+    ``(rows, cols)`` and that class (N,). ``phase`` (Ry, Rx) int."""
+    Ry, Rx = phase.shape
+    K = int(phase.max()) + 1
+    padded = np.pad(phase, 1, constant_values=-1)
+    votes = np.zeros((Ry, Rx, K), int)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                nb = padded[1 + dy : 1 + dy + Ry, 1 + dx : 1 + dx + Rx]
+                for k in range(K):
+                    votes[..., k] += nb == k
+    major = votes.argmax(-1)
+    flip = (major != phase) & (votes.max(-1) >= min_votes)
+    r, c = np.nonzero(flip)
+    return np.stack([r, c]), major[r, c]
+
+
+@torch.no_grad()
 def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, device: str = "cpu",
             progress: bool = False) -> dict[str, np.ndarray]:
     """Transforms, classes, lattices and their uncertainties for every pattern.
 
-    Per batch: the encoder's transform for its most likely class, turned by
-    the orientation search, then :func:`~stemae.nn.lattice.fit_disk_lattice`
-    (windows gathered again at every step, so a start a few pixels off
-    converges).
+    Per batch (:func:`_predict_batch`): the central beam, then a likelihood
+    fit (:func:`~stemae.nn.lattice.fit_disk_lattice`, windows gathered again
+    in the first steps, so a start a few pixels off converges) from the
+    base that fits best, or for a sample of many orientations from the
+    base turned by the orientation search. Then, over the whole map: with
+    several bases, a position whose class most of its neighbours do not
+    share (five or more of its eight agreeing on another) is fitted again
+    from their base, and the new fit is kept where it ends nearest that base
+    (at a few electrons per disk a fit started from the wrong phase can stay
+    near it); twice, as a corrected position can leave a neighbour isolated.
 
     Returns
     -------
@@ -672,59 +744,32 @@ def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, 
     disk = model.disk()
     r_tab = torch.arange(disk.shape[-1], dtype=torch.float64, device=disk.device) * DISK_DR
     area = ((2 * math.pi * r_tab * disk.double()).sum(-1) * DISK_DR)[model.rows()].float()  # (J,) px
-    g_all = model.reflections()
-    G_inv = torch.linalg.inv(model.G)
     out = {k: [] for k in OUTPUTS}
     bar = tqdm(total=Ry * Rx, unit="pattern", desc="ccstae predict", disable=not progress, leave=False)
     rows = rows_for_budget(data.shape, 32 * 2**20)
     for _, block in iter_row_blocks(data, rows):
         flat = torch.as_tensor(block.reshape(-1, Qy, Qx), device=device)
         for start in range(0, len(flat), batch_size):
-            x = flat[start : start + batch_size]
-            logits, _, origin, _ = model(x)
-            # The fit starts from the base whose disks sit best on the
-            # pattern (the encoder's class where there is one base); where
-            # the fitted lattice lies nearer another base, a fit from that
-            # base instead (a start a few per cent off converges only partly).
-            k = logits.argmax(-1)
-            if model.K > 1:
-                evidence = [model.fit_patterns(x, torch.full_like(k, kk), origin, 0)["explained"]
-                            for kk in range(model.K)]
-                k = torch.stack(evidence, 1).argmax(1)
-            fit_ = model.fit_patterns(x, k, origin, iterations)
-            G = fit_["A"] @ model.G[k]
-            near = model.distortion(G).argmin(-1)
-            redo = torch.nonzero(near != k)[:, 0]
-            if len(redo):
-                again = model.fit_patterns(x[redo], near[redo], origin[redo], iterations)
-                for key, v in again.items():
-                    fit_[key][redo] = v
-                k[redo] = near[redo]
-                G = fit_["A"] @ model.G[k]
-            distortion = model.distortion(G)
-            # Covariance of G = A G_k (row-major): each row of A times G_k.
-            info = fit_["information"].double()
-            info = info + 1e-9 * torch.diagonal(info, dim1=-2, dim2=-1).mean(-1)[:, None, None] * torch.eye(
-                6, dtype=info.dtype, device=info.device)
-            cov_A = torch.linalg.inv(info)[:, 2:, 2:]
-            Kt = torch.zeros(len(x), 4, 4, dtype=cov_A.dtype, device=device)
-            Gt = model.G[k].transpose(-1, -2).double()
-            Kt[:, :2, :2] = Gt
-            Kt[:, 2:, 2:] = Gt
-            on = fit_["on"][:, 1:]
-            out["G"].append(G.cpu().numpy())
-            out["cov"].append((Kt @ cov_A @ Kt.transpose(-1, -2)).cpu().numpy())
-            out["origin"].append(fit_["origin"].cpu().numpy())
-            out["phase"].append(distortion.argmin(-1).cpu().numpy())
-            out["probabilities"].append(torch.softmax(-0.5 * (distortion / CLASS_SCALE) ** 2, -1).cpu().numpy())
-            out["chi2"].append((fit_["chi2"] / fit_["dof"].clamp_min(1)).cpu().numpy())
-            out["n_disks"].append(on.sum(1).cpu().numpy())
-            out["disk_intensity"].append(torch.where(on, fit_["amplitudes"][:, 1:] * area, torch.nan).cpu().numpy())
-            out["background"].append(fit_["background"].cpu().numpy())
-            bar.update(len(x))
+            for key, v in _predict_batch(model, flat[start : start + batch_size], iterations, area).items():
+                out[key].append(v)
+            bar.update(len(flat[start : start + batch_size]))
     bar.close()
     shapes = dict(OUTPUTS, probabilities=(model.K,), disk_intensity=(model.hk.shape[0],))
-    return {k: np.concatenate(v).reshape((Ry, Rx) + shapes[k]) for k, v in out.items()}
+    pred = {k: np.concatenate(v).reshape((Ry, Rx) + shapes[k]) for k, v in out.items()}
+    tried = np.zeros((Ry, Rx), bool)
+    for _ in range(PHASE_ROUNDS if model.K > 1 else 0):
+        (r, c), major = isolated_phases(pred["phase"])
+        fresh = ~tried[r, c]
+        r, c, major = r[fresh], c[fresh], major[fresh]
+        tried[r, c] = True
+        for i in range(0, len(r), batch_size):
+            sl = slice(i, i + batch_size)
+            x = torch.as_tensor(read_patterns(data, r[sl], c[sl]), device=device)
+            again = _predict_batch(model, x, iterations, area, base=torch.as_tensor(major[sl], device=device))
+            keep = again["phase"] == major[sl]
+            for key, v in again.items():
+                pred[key][r[sl][keep], c[sl][keep]] = v[keep]
+    return pred
 
 
 def save(model: CCSTAE, path, record: dict | None = None):
