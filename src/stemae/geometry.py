@@ -182,27 +182,6 @@ def reference_members(G: np.ndarray, mask: np.ndarray, valid: np.ndarray | None 
     return out
 
 
-def reference_basis(G: np.ndarray, mask: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """Reference reciprocal basis: robust mean of ``G`` over a region.
-
-    The mean over :func:`reference_members` (outliers dropped). The mean,
-    unlike the median, stays unbiased when the lattice varies across the
-    region and the measurements are noisy.
-
-    Parameters
-    ----------
-    G : ndarray, shape (Ry, Rx, 2, 2)
-    mask : ndarray of bool, shape (Ry, Rx)
-    valid : ndarray of bool, shape (Ry, Rx), optional
-        Positions whose fit succeeded; others are ignored.
-
-    Returns
-    -------
-    G_ref : ndarray, shape (2, 2)
-    """
-    return G[reference_members(G, mask, valid)].mean(axis=0)
-
-
 def strain_from_deformation(F: np.ndarray) -> dict[str, np.ndarray]:
     """Strain maps from deformation gradients.
 
@@ -234,16 +213,14 @@ def strain_maps(
     G : ndarray, shape (Ry, Rx, 2, 2)
         Reciprocal bases (columns ``g1``, ``g2``), consistently indexed.
     reference : see :func:`reference_mask`
-        Region whose mean lattice (:func:`reference_basis`) is the unstrained
-        reference.
+        Region whose mean lattice (over :func:`reference_members`) is the
+        unstrained reference.
     valid : ndarray of bool, shape (Ry, Rx), optional
         Positions whose fit succeeded; invalid ones get NaN.
     cov : ndarray (Ry, Rx, 4, 4), optional
         Covariance of each basis (see :func:`strain_uncertainty`); adds the
         standard deviations ``sigma_e_xx``, ``sigma_e_yy``, ``sigma_e_xy``
-        and ``sigma_theta`` (degrees), the reference's uncertainty included,
-        each scaled up where neighbouring positions scatter more than they
-        say (:func:`neighbour_scale`).
+        and ``sigma_theta`` (degrees), the reference's uncertainty included.
 
     Returns
     -------
@@ -271,30 +248,6 @@ def strain_maps(
         for k in total:
             maps[f"sigma_{k}"] = np.where(ok, total[k], np.nan).astype(np.float32)
     return maps, G_ref
-
-
-def neighbour_scale(values: np.ndarray, sigma: np.ndarray, min_triples: int = 20) -> float:
-    """How much larger the scatter of a map is than its standard deviations
-    say, from neighbouring positions: the robust spread (1.4826 times the
-    median absolute value) of the second differences
-    ``(v_a - 2 v_b + v_c) / sqrt(s_a^2 + 4 s_b^2 + s_c^2)`` over three
-    neighbours along rows and along columns, at least 1.
-
-    Second differences cancel the map's own gradients, so where it varies
-    smoothly on the scale of the scan step this is 1 for calibrated
-    ``sigma``; it exceeds 1 where the fits' Fisher information overstates
-    their precision (at a few electrons per Bragg disk, where their free
-    amplitudes are themselves uncertain). Arrays (Ry, Rx), NaN where
-    invalid; shared offsets (the reference's error) cancel.
-    """
-    z = []
-    for v, sd in ((values, sigma), (values.T, sigma.T)):
-        d = (v[:, :-2] - 2 * v[:, 1:-1] + v[:, 2:]) / np.sqrt(sd[:, :-2] ** 2 + 4 * sd[:, 1:-1] ** 2 + sd[:, 2:] ** 2)
-        z.append(d[np.isfinite(d)])
-    z = np.concatenate(z)
-    if len(z) < min_triples:
-        return 1.0
-    return float(max(1.0, 1.4826 * np.median(np.abs(z))))
 
 
 def _strain_vector(G: np.ndarray, G_ref: np.ndarray) -> np.ndarray:

@@ -187,7 +187,6 @@ def fit_disk_lattice(
     band: tuple[float, float] | None = None,
     iterations: int = 4,
     regather: tuple[int, ...] = (2,),
-    coarse: tuple[float, ...] = (),
     local_background: bool = True,
     noise_floor: float = 0.05,
     min_on_detector: float = 0.5,
@@ -232,11 +231,6 @@ def fit_disk_lattice(
         reflection
     iterations : Fisher-scoring steps (at least 1)
     regather : iterations before which the windows are gathered again
-    coarse : for the first iterations, how far out (in multiples of the
-        shortest reflection) disks take part: inner disks tolerate a start a
-        few degrees off in rotation or a few per cent in scale, which the
-        outer disks do not (e.g. ``(1.05, 2.05)``: the first shell, then the
-        disks within twice its radius, then all)
     local_background : fit a constant offset per disk
     noise_floor : smallest model value in the weights (counts)
     min_on_detector : disks whose centre is more than this many radii off
@@ -257,11 +251,8 @@ def fit_disk_lattice(
     last evaluation, before its step), ``amplitudes`` (B, J + 1) and
     ``offsets`` (B, J + 1) (central beam first; counts at the disk's
     plateau), ``background`` (B,) scale, ``on`` (B, J + 1) bool, disks
-    used, ``chi2`` (B,) Pearson chi-square, ``dof`` (B,) pixels used
-    minus fitted parameters, ``explained`` (B,) the chi-square the Bragg
-    disks remove from a model of background alone (how strongly the pattern shows
-    this lattice: fits of one pattern from different starts compare by it)
-    and ``scores`` (B, J + 1, 6) each disk's share of the last gradient.
+    used, ``chi2`` (B,) Pearson chi-square and ``dof`` (B,) pixels used
+    minus fitted parameters.
     """
     B, H, W = images.shape
     dt, dev = images.dtype, images.device
@@ -303,9 +294,6 @@ def fit_disk_lattice(
               & (centers[..., 1] >= -m_edge) & (centers[..., 1] <= H - 1 + m_edge))
         if not use_central:
             on[:, 0] = False
-        if it < len(coarse) and J > 1:
-            length = g.norm(dim=-1)
-            on &= length <= coarse[it] * length[:, 1:].min(1, keepdim=True).values
         dx = px - centers[..., 0, None]
         dy = py - centers[..., 1, None]
         r = torch.sqrt(dx * dx + dy * dy).clamp_(min=1e-6)
@@ -342,7 +330,6 @@ def fit_disk_lattice(
         else:
             x1x = x1y = torch.zeros_like(xpx)
         a_info = n_pp - n_p1 * n_p1 / n_11.clamp_min(1e-12)  # information on the amplitude
-        explained = a * a * a_info  # chi-square the disk removes
         # A disk's position information grows with its amplitude squared;
         # the fitted amplitude's square overstates it by the amplitude's
         # variance (by a factor two for a disk of a few tens of counts): the
@@ -359,8 +346,7 @@ def fit_disk_lattice(
 
         hess = assemble(sxx, sxy, syy)
         info = assemble(sxx * shrink, sxy * shrink, syy * shrink)
-        scores = tx[..., None] * ux + ty[..., None] * uy  # (B, J, 6) each disk's share of the gradient
-        grad = scores.sum(1)
+        grad = (tx[..., None] * ux + ty[..., None] * uy).sum(1)
         if m is not None:
             # ... and to the background scale, which all disks share.
             vp, v1 = sums["pm"], sums["1m"]
@@ -378,8 +364,8 @@ def fit_disk_lattice(
     chi2 = (w * res * res).sum((1, 2))
     n_lin = on.sum(1) * (2 if local_background else 1) + (0 if bg is None else 1)
     dof = w0.sum((1, 2)) - n_lin - 6
-    return dict(origin=origin, A=A, information=info, scores=scores, amplitudes=a, offsets=b, background=s, on=on,
-                chi2=chi2, dof=dof, explained=(explained * on)[:, 1:].sum(1))
+    return dict(origin=origin, A=A, information=info, amplitudes=a, offsets=b, background=s, on=on, chi2=chi2,
+                dof=dof)
 
 
 def fit_central_beam(images: torch.Tensor, origin: torch.Tensor, disk: torch.Tensor, disk_dr: float, radius: float,
@@ -392,7 +378,8 @@ def fit_central_beam(images: torch.Tensor, origin: torch.Tensor, disk: torch.Ten
     disk = disk[0] if disk.dim() == 2 else disk
     eye = torch.eye(2, dtype=images.dtype, device=images.device).expand(len(images), 2, 2)
     out = fit_disk_lattice(images, origin, eye, torch.zeros(0, 2, dtype=images.dtype, device=images.device), disk,
-                           disk_dr, radius, iterations=iterations, regather=tuple(range(iterations)))
+                 disk_dr, radius, band=profile_band(disk, disk_dr), iterations=iterations,
+                 regather=tuple(range(iterations)))
     return out["origin"]
 
 
@@ -490,74 +477,3 @@ def orientation_search(
     turn = turns[i] + frac.clamp(-0.5, 0.5) * (2 * math.pi / n_angles)
     score = (c0 - corr[:, 0]) / c0.abs().clamp_min(1e-12)
     return turn, score
-
-
-def ring_scale_search(
-    images: torch.Tensor,
-    origin: torch.Tensor,
-    radii: torch.Tensor,
-    weights: torch.Tensor,
-    radius: float,
-    *,
-    max_scale: float = 0.08,
-    steps: int = 129,
-    dr: float = 0.25,
-) -> torch.Tensor:
-    """Isotropic scale of each pattern's lattice relative to a base, from
-    its azimuthally averaged radial profile (independent of orientation).
-
-    The mean intensity in rings around the central beam (``dr`` px wide) is
-    correlated with the base's shells, each a bump of the width of a disk at
-    its radius times ``1 + s`` (zero-mean over its window, so a smooth
-    background does not count), weighted by ``weights``, for ``s`` on a grid
-    over ``+-max_scale``; the best ``s`` is refined by a parabola. A ring
-    averages all disks of a shell, so this works at doses where no single
-    disk stands out; it tells phases of different lattice constants apart
-    before any fit.
-
-    Parameters
-    ----------
-    images : (B, H, W)
-    origin : (B, 2) central-beam positions
-    radii : (S,) shell radii of the base, pixels
-    weights : (S,) expected strength of each shell (0 to skip)
-    radius : disk radius, pixels
-
-    Returns
-    -------
-    (B,) relative scale ``s`` (the lattice's reflections are ``1 + s`` times the base's)
-    """
-    B, H, W = images.shape
-    dt, dev = images.dtype, images.device
-    yy, xx = torch.meshgrid(torch.arange(H, dtype=dt, device=dev), torch.arange(W, dtype=dt, device=dev),
-                            indexing="ij")
-    r = torch.sqrt((xx[None] - origin[:, 0, None, None]) ** 2 + (yy[None] - origin[:, 1, None, None]) ** 2)
-    n_bins = int(math.ceil(math.hypot(H, W) / dr)) + 2
-    # Each pixel shared linearly between its two nearest bins (no aliasing of
-    # the pixel grid); summed counts per ring, not means, so a disk weighs in
-    # by its chord.
-    x = (r / dr).reshape(B, -1)
-    k0 = x.floor().long().clamp(max=n_bins - 2)
-    f = x - k0
-    v = images.reshape(B, -1)
-    prof = torch.zeros(B, n_bins, dtype=dt, device=dev)
-    prof.scatter_add_(1, k0, v * (1 - f)).scatter_add_(1, k0 + 1, v * f)
-    edge = torch.minimum(torch.minimum(origin[:, 0], W - 1 - origin[:, 0]), torch.minimum(origin[:, 1], H - 1 - origin[:, 1]))
-    s = torch.linspace(-max_scale, max_scale, steps, dtype=dt, device=dev)  # (E,)
-    half = radius + 3.0
-    off = torch.arange(-half, half + dr / 2, dr, dtype=dt, device=dev)  # (P,)
-    bump = torch.sqrt((radius**2 - off**2).clamp_min(0))
-    bump = bump - bump.mean()
-    score = torch.zeros(B, steps, dtype=dt, device=dev)
-    for rho, w in zip(radii.tolist(), weights.tolist()):
-        if w <= 0:
-            continue
-        centre = rho * (1 + s)  # (E,)
-        idx = ((centre[:, None] + off[None]) / dr).round().long().clamp(0, n_bins - 1)  # (E, P)
-        usable = ((rho * (1 + max_scale) + half) < edge).to(dt)  # whole ring on the detector
-        score = score + usable[:, None] * w * (prof[:, idx] * bump).sum(-1) / rho  # per unit of ring length
-    i = score.argmax(-1).clamp(1, steps - 2)
-    cm, c0, cp = (score.gather(1, (i + d)[:, None])[:, 0] for d in (-1, 0, 1))
-    den = cm - 2 * c0 + cp
-    frac = torch.where(den < 0, 0.5 * (cm - cp) / torch.where(den < 0, den, -torch.ones_like(den)), torch.zeros_like(den))
-    return s[i] + frac.clamp(-0.5, 0.5) * (s[1] - s[0])
