@@ -118,7 +118,19 @@ def test_ccstae_is_the_default_and_writes_its_extras(tmp_path):
     assert r.exit_code == 0, r.output
     arrays, attrs = read_results(out / "strain.zarr")
     assert attrs["method"] == "ccstae" and len(arrays["loss"]) == 2
-    assert (out / "loss.png").exists()
+    assert attrs["disk_profile"] == "voigt" and attrs["training"]["indexing"]["ok"]
+    for k in ("e_xx", "e_yy", "e_xy", "theta"):
+        s = arrays[f"sigma_{k}"][arrays["valid"]]
+        assert np.isfinite(s).all() and (s > 0).all()
+    J = len(arrays["hk"])
+    assert arrays["disk_intensity"].shape == (12, 12, J) and np.nanmedian(arrays["disk_intensity"]) > 0
+    for png in ("loss.png", "uncertainty_maps.png", "virtual_dark_field.png", "reference_lattice.png"):
+        assert (out / png).exists()
+    # The measured profiles instead of their pseudo-Voigt fits.
+    r = runner.invoke(app, ["strain", str(data), "--out", str(tmp_path / "t"), "--no-progress", "--epochs", "1",
+                            "--refine", "template"])
+    assert r.exit_code == 0, r.output
+    assert read_results(tmp_path / "t" / "strain.zarr")[1]["disk_profile"] == "template"
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without a GPU")

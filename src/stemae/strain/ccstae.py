@@ -35,6 +35,7 @@ uncertainty; strain follows from ``G = A G_k`` through :mod:`stemae.geometry`.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -92,7 +93,6 @@ CLASS_SCALE = 0.01  # distortion (log-stretch norm) that halves a class's weight
 N_OUT = 7  # log_sx, log_sy, shear, cos, sin, tx, ty
 TURN_MARGIN = math.radians(3.0)  # orientation search reaches this beyond the training sample's spread
 NOISE_FLOOR = 0.05  # smallest model value (counts) in Poisson weights
-COARSE = ()  # prediction fits use every disk from the start (inner disks alone are too few at low dose)
 PHASE_ROUNDS = 2  # passes of refitting positions whose neighbours hold another phase
 SEARCH_TURN = math.radians(10.0)  # bundles whose training rotations span more search every pattern's orientation
 
@@ -183,6 +183,14 @@ class CCSTAE(nn.Module):
         """The disk profiles fits use (see ``profile``), (S + 1, n)."""
         return self.disk_voigt if self.profile == "voigt" else self.disk_template
 
+    def band(self) -> tuple[float, float]:
+        """Inner and outer radius (px) of the fits' windows: every profile's
+        edge band (:func:`~stemae.nn.lattice.profile_band`), at most 0.45 of
+        the shortest reflection."""
+        bands = [profile_band(d, DISK_DR) for d in self.disk()]
+        gmin = self.reflections().detach().norm(dim=-1).min().item()
+        return min(b[0] for b in bands), min(max(b[1] for b in bands), 0.45 * gmin)
+
     def rows(self) -> torch.Tensor:
         """Profile row of each reflection (its shell + 1), (J,)."""
         return self.shells + 1
@@ -206,7 +214,7 @@ class CCSTAE(nn.Module):
         """Forward and inverse cycle losses per pattern and class, ``(B, K)`` each.
 
         Both compare the Poisson-weighted chi-square of the pattern model over
-        the edge bands of every Bragg disk whose centre lies at least a radius
+        windows holding every Bragg disk whose centre lies at least a radius
         inside the detector with that of the same windows without disks: the
         share of the windows' contrast the disks leave unexplained (1 when
         they miss, lowest when they sit on the pattern's disks).
@@ -214,8 +222,9 @@ class CCSTAE(nn.Module):
         B, H, W = patterns.shape
         K = self.K
         disk = self.disk()
-        bands = [profile_band(d, DISK_DR) for d in disk]
-        inner, outer = min(b[0] for b in bands), max(b[1] for b in bands)
+        # Whole disks, not edge bands: a band that slides off a disk onto its
+        # plateau would look brighter, as if the disk fitted better.
+        inner, outer = 0.0, max(profile_band(d, DISK_DR)[1] for d in disk)
         offsets = window_offsets(outer, inner, patterns.device)
         g = self.reflections()  # (K, J, 2)
         J = g.shape[1]
@@ -303,7 +312,7 @@ class CCSTAE(nn.Module):
         :meth:`start`); ``evaluate_only`` returns how badly the base's disks
         sit on each pattern at the start (``misfit``)."""
         return fit_disk_lattice(x, origin, self.start(x, origin, k), self.reflections()[k], self.disk(), DISK_DR,
-                                self.radius, rows=self.rows(), background=self.background,
+                                self.radius, rows=self.rows(), band=self.band(), background=self.background,
                                 background_dr=BACKGROUND_DR, iterations=iterations,
                                 regather=tuple(range(min(2, iterations))), local_background=False,
                                 noise_floor=NOISE_FLOOR, evaluate_only=evaluate_only)
@@ -472,6 +481,12 @@ def initialise(data, n_classes: int, n_init: int, seed: int, progress: bool = Fa
         raise ValueError("too few tiles could be indexed to find the lattice: is there a crystal in the scan?")
     G_t = align_to_reference(fit["G"][good], G0)
     check = lattice_check({k: v[good] for k, v in disks.items() if k != "radius"}, G_t, radius)
+    if not check["ok"]:
+        warnings.warn(
+            f"indexing doubtful: the lattices explain {check['indexed']:.0%} of the disk intensity in the summed "
+            f"tiles and find disks at {check['sites']:.0%} of their sites; the bases may be wrong",
+            stacklevel=3,
+        )
     Gk, label = _cluster_bases(G_t, n_classes, seed)
     center = np.median(origins, 0)
     hk = _reflection_indices(Gk, center, (Qy, Qx), radius)

@@ -1,0 +1,213 @@
+"""Strain at the photon limit: measured disk shapes, pooled lattices, the
+Cramér-Rao bound, calibrated uncertainties and per-disk amplitudes, all on
+monolayer-like simulated patterns (97 % of the electrons in the central disk,
+a diffuse background) whose truth is known."""
+
+import numpy as np
+import pytest
+import torch
+
+from stemae.geometry import strain_maps
+from stemae.nn.lattice import erfc_table, fit_disk_lattice
+from stemae.simulate import WS2, heterostructure, render_disks, simulate_datacube
+from stemae.strain import ccstae, map_strain
+from stemae.strain.bound import MAE_PER_SIGMA, strain_bound
+from stemae.strain.disks import find_disks
+from stemae.strain.evaluate import COMPONENTS, truth_strain_maps
+from stemae.strain.lattice import reduce_basis, symmetry_angle
+from stemae.strain.pooled import aligned_sum, lattice_check, pooled_basis
+from stemae.strain.profiles import DISK_DR, background_profile, disk_profile, fit_pseudo_voigt, pseudo_voigt_edge
+
+REF = ((0, 24), (0, 4))
+
+
+@pytest.fixture(scope="module")
+def monolayer():
+    """A 24x24 WS2/WSe2 scan of 128x128 monolayer patterns at 1e5 electrons, 30 % background."""
+    return heterostructure((24, 24), (128, 128), dose=1e5, central_fraction=0.97, background=0.3, seed=21)
+
+
+@pytest.fixture(scope="module")
+def monolayer_fit(monolayer):
+    model, record = ccstae.fit(monolayer.data, n_classes=2, n_train=256, epochs=1, seed=2)
+    return model, record, ccstae.predict(model, monolayer.data)
+
+
+def test_central_disk_profile_and_pseudo_voigt_edge():
+    rng = np.random.default_rng(0)
+    origins = 64 + rng.uniform(-0.5, 0.5, (100, 2))
+    disks = render_disks(origins[:, None], np.full((100, 1), 1e5), (128, 128), 5.2, 0.6).astype(np.float32) + 3.0
+    table, radius = disk_profile(disks, origins, 5.0)
+    assert radius == pytest.approx(5.2, abs=0.02)
+    r = np.arange(len(table)) * DISK_DR
+    np.testing.assert_allclose(table, erfc_table(5.2, 0.6, r_max=r[-1]).numpy()[: len(table)], atol=0.01)
+    edge = pseudo_voigt_edge(r, 5.0, 0.4, 0.8, 0.3)
+    fitted, params = fit_pseudo_voigt(edge)
+    assert params["radius"] == pytest.approx(5.0, abs=1e-3)
+    assert params["sigma"] == pytest.approx(0.4, abs=1e-2) and params["eta"] == pytest.approx(0.3, abs=1e-2)
+    assert np.abs(fitted - edge).max() < 0.02
+
+
+def test_reduced_basis_and_symmetry():
+    G = np.array([[30.31, -30.42], [17.81, 17.45]])  # a 120-degree hexagonal basis
+    R = reduce_basis(G)
+    assert np.degrees(np.arccos(R[:, 0] @ R[:, 1] / np.prod(np.linalg.norm(R, axis=0)))) == pytest.approx(60, abs=1)
+    assert np.linalg.det(R) > 0
+    assert abs(round(np.linalg.det(np.linalg.solve(G, R)))) == 1  # the same lattice
+    assert symmetry_angle(R) == pytest.approx(np.pi / 3)
+    assert symmetry_angle(np.diag([20.0, 20.0])) == pytest.approx(np.pi / 2)
+    assert symmetry_angle(np.diag([20.0, 23.0])) == pytest.approx(np.pi)
+
+
+def test_pooled_sum_finds_the_lattice_where_single_patterns_do_not():
+    """1e4 electrons per monolayer pattern, 30 % background: about ten
+    electrons per first-order disk. No single pattern shows the lattice; the
+    sum of a region's patterns on their central beams does, and the check
+    says so."""
+    sim = heterostructure((12, 12), (128, 128), dose=1e4, central_fraction=0.97, background=0.3, seed=4)
+    one = np.zeros((12, 12), bool)
+    one[5, 1] = True
+    with pytest.warns(UserWarning, match="indexing doubtful"):
+        assert not pooled_basis(sim.data, one)[1]["ok"]
+    mask = np.zeros((12, 12), bool)
+    mask[:, :4] = True
+    G, check, total, origin = pooled_basis(sim.data, mask)
+    assert check["ok"] and check["indexed"] > 0.8
+    true = sim.truth["g1"][mask].mean(0), sim.truth["g2"][mask].mean(0)
+    vectors = np.stack([h * G[:, 0] + k * G[:, 1] for h in (-1, 0, 1) for k in (-1, 0, 1)])
+    # Both true basis vectors are lattice vectors of the found basis, to 2 %:
+    # a start the per-pattern fits converge from (a wrong lattice is off by
+    # tens of per cent).
+    for g in true:
+        assert np.min(np.linalg.norm(vectors - g, axis=1)) < 0.02 * np.linalg.norm(g)
+    # A superlattice (every second reflection) misses half the disks: flagged.
+    d = find_disks(total[None], check["radius"], origin, min_relative_intensity=0.02)
+    assert not lattice_check(d, 2 * G, check["radius"])["ok"]
+
+
+def test_pooled_basis_warns_when_the_region_holds_no_single_lattice():
+    from stemae.simulate import polycrystal
+
+    sim = polycrystal((16, 16), (128, 128), n_grains=6, dose=1e5, seed=4)
+    grain, orient = sim.truth["grain"].ravel(), sim.truth["orientation"].ravel()
+    largest = np.argsort(np.bincount(grain))[-2:]
+    turn = abs(np.diff([orient[grain == k][0] for k in largest])[0]) % 90
+    assert min(turn, 90 - turn) > 10  # two large grains well apart in orientation (square lattices)
+    with pytest.warns(UserWarning, match="indexing doubtful"):
+        pooled_basis(sim.data, np.ones((16, 16), bool))
+
+
+def test_aligned_sum_puts_every_central_beam_on_the_target():
+    rng = np.random.default_rng(1)
+    centres = 60 + rng.uniform(-4, 4, (20, 2))
+    patterns = render_disks(centres[:, None], np.full((20, 1), 100.0), (128, 128), 5.0)
+    total = aligned_sum(patterns, centres, np.array([64.0, 64.0]))
+    yy, xx = np.mgrid[:128, :128]
+    com = np.array([(total * xx).sum(), (total * yy).sum()]) / total.sum()
+    np.testing.assert_allclose(com, 64 + (centres - np.round(centres)).mean(0), atol=0.05)
+
+
+def test_the_bound_is_what_fits_reach():
+    """Poisson noise on one simulated monolayer pattern, 200 times: the fits'
+    scatter in strain matches the Cramér-Rao bound, which scales as one over
+    the square root of the dose."""
+    sim = simulate_datacube(np.eye(2)[None, None], np.zeros((1, 1), int), [WS2], orientation=9.0, dose=None,
+                            central_fraction=0.97, background=0.3, intensity_variation=0.0, seed=1)
+    pattern = sim.data[0, 0].astype(np.float64)
+    sd5 = strain_bound(pattern, 1e5)
+    sd4 = strain_bound(pattern, 1e4)
+    for k in COMPONENTS:
+        assert sd4[k] / sd5[k] == pytest.approx(np.sqrt(10), rel=0.05)
+    n = 200
+    expected = pattern / pattern.sum() * 1e5
+    data = torch.tensor(np.random.default_rng(3).poisson(np.broadcast_to(expected, (n, 128, 128))),
+                        dtype=torch.float32)
+    G = np.stack([sim.truth["g1"][0, 0], sim.truth["g2"][0, 0]], 1).astype(np.float64)
+    hk = np.array([[h, k] for h in range(-6, 7) for k in range(-6, 7) if (h, k) != (0, 0)])
+    c = sim.truth["origin"][0, 0] + hk @ G.T
+    hk = hk[((c > -2) & (c < 129)).all(1)]
+    centres = sim.truth["origin"][0, 0] + hk @ G.T
+    bg = background_profile(expected[None].astype(np.float32), sim.truth["origin"][0], centres[None], sim.radius)
+    out = fit_disk_lattice(data, torch.tensor(sim.truth["origin"][0]).expand(n, 2), torch.eye(2).expand(n, 2, 2),
+                           torch.tensor(hk @ G.T, dtype=torch.float32), erfc_table(sim.radius, 0.5), DISK_DR,
+                           sim.radius, background=torch.tensor(bg), iterations=4, regather=(1,),
+                           local_background=False)
+    Gf = out["A"].double().numpy() @ G
+    maps, _ = strain_maps(Gf.reshape(n, 1, 2, 2), None)
+    for k in ("e_xx", "e_yy", "e_xy"):
+        spread = np.std(maps[k])
+        assert spread == pytest.approx(sd5[k], rel=0.25), (k, spread, sd5[k])
+
+
+def test_uncertainties_are_calibrated_and_near_the_bound(monolayer, monolayer_fit):
+    """60-76 % of the true errors lie within one reported standard deviation,
+    per component; and the errors sit within 1.3 times the bound."""
+    model, record, pred = monolayer_fit
+    m = ccstae.map_strain(pred, REF)
+    truth = truth_strain_maps(monolayer.truth, REF, m["g_ref"], like=np.stack([m["g1"], m["g2"]], -1))
+    ok = m["valid"]
+    assert ok.mean() > 0.98
+    noiseless = heterostructure((24, 24), (128, 128), dose=None, central_fraction=0.97, background=0.3, seed=21)
+    G = np.stack([noiseless.truth["g1"], noiseless.truth["g2"]], -1).reshape(-1, 2, 2)
+    bound = strain_bound(noiseless.data.reshape(-1, 128, 128) * 1e5, origin=noiseless.truth["origin"].reshape(-1, 2),
+                         basis=G, reference_size=96)
+    for k in COMPONENTS:
+        err = np.abs(m[k] - truth[k])[ok]
+        inside = np.mean(err < m[f"sigma_{k}"][ok])
+        assert 0.60 <= inside <= 0.76, (k, inside)
+        assert err.mean() < 1.3 * MAE_PER_SIGMA * bound[k].mean(), k
+    assert (m["phase"] == monolayer.truth["phase"]).mean() > 0.98
+
+
+def test_disk_intensities_follow_the_true_ones(monolayer, monolayer_fit):
+    """Per-reflection fitted counts (virtual dark field) against the
+    simulator's true disk intensities, matched by position."""
+    model, _, pred = monolayer_fit
+    T = monolayer.truth
+    hk = model.hk.numpy()
+    checked = 0
+    flat = pred["disk_intensity"].reshape(-1, len(hk))
+    seen = np.flatnonzero(np.isfinite(flat).any(0))  # reflections on the detector somewhere
+    for j in seen[np.argsort(-np.nanmedian(flat[:, seen], 0))][:6]:
+        fitted = pred["disk_intensity"][..., j]
+        # The true disk nearest this reflection's fitted centre at every position.
+        G = pred["G"]
+        centre = pred["origin"] + np.einsum("rcij,j->rci", G, hk[j].astype(float))
+        d = np.linalg.norm(T["disk_positions"] - centre[:, :, None], axis=-1)
+        true = np.take_along_axis(T["disk_intensity"], np.nanargmin(d, -1)[..., None], -1)[..., 0]
+        ok = np.isfinite(fitted) & (np.nanmin(d, -1) < 1.0)
+        assert ok.mean() > 0.9
+        r = np.corrcoef(fitted[ok], true[ok])[0, 1]
+        assert r > 0.9, (hk[j], r)
+        np.testing.assert_allclose(np.median(fitted[ok] / true[ok]), 1.0, atol=0.15)
+        checked += 1
+    assert checked == 6
+
+
+def test_xcorr_reports_uncertainties_from_its_lattice_fits(monolayer):
+    res = map_strain(monolayer.data, method="xcorr", reference=REF)
+    assert res["indexing"]["ok"]
+    for k in COMPONENTS:
+        s = res[f"sigma_{k}"][res["valid"]]
+        assert np.isfinite(s).all() and (s > 0).all()
+    truth = truth_strain_maps(monolayer.truth, REF, res["g_ref"])
+    inside = np.mean(np.abs(res["e_xx"] - truth["e_xx"])[res["valid"]] < res["sigma_e_xx"][res["valid"]])
+    assert 0.45 < inside < 0.9
+
+
+def test_rotated_grains_are_fitted_in_any_orientation():
+    """A monolayer polycrystal (grains 0-35 degrees apart, 1e5 e, 30 %
+    background): every grain's error within 1.3 times the reference grain's."""
+    from stemae.simulate import polycrystal
+
+    sim = polycrystal((24, 24), (128, 128), n_grains=4, dose=1e5, central_fraction=0.97, background=0.3, seed=6)
+    ref = sim.truth["grain"] == sim.truth["grain"][12, 12]
+    model, _ = ccstae.fit(sim.data, n_classes=1, n_train=256, epochs=1, seed=0)
+    m = ccstae.map_strain(ccstae.predict(model, sim.data), ref)
+    truth = truth_strain_maps(sim.truth, ref, m["g_ref"], like=np.stack([m["g1"], m["g2"]], -1))
+    grain = sim.truth["grain"]
+    base = np.abs(m["e_xx"] - truth["e_xx"])[ref & m["valid"]].mean()
+    for g in np.unique(grain):
+        sel = (grain == g) & m["valid"]
+        assert sel.mean() > 0, g
+        assert np.abs(m["e_xx"] - truth["e_xx"])[sel].mean() < 1.3 * base + 2e-4, g
