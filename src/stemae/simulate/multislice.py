@@ -271,7 +271,8 @@ def _monolayer(scan_shape, scan_step, grains, field, phase_of, *, margin, dose, 
     # averaged over the probe's intensity (an Airy disk), which is what the
     # Bragg disks see where the lattice varies slowly; ``boundary`` is the
     # distance to the nearest other phase or grain (the probe's tails see
-    # both lattices within about 15 A of a boundary).
+    # both lattices within about 15 A of a boundary), inf beyond the 20 A
+    # the probe is sampled over.
     lam = electron_wavelength(opt["energy_kev"])
     alpha = opt["convergence_mrad"] * 1e-3
     off = np.arange(-20.0, 20.01, 0.75)
