@@ -229,7 +229,7 @@ def run_case(name: str, scan: int, pattern: int, seed: int, with_cli: bool) -> d
                   py4dstem=n / t_p4, py4dstem_detect=n / t_p4_detect),
         threads=torch.get_num_threads(),
     )
-    if with_cli and not CASES[name][1].endswith("poly"):
+    if with_cli and "poly" not in CASES[name][1]:
         box = ((0, Ry), (0, int(ref[0].sum())))
         row["rate"]["ccstae_cli"] = n / cli_time(sim, name, box, classes)
     return row
@@ -243,14 +243,18 @@ def main():
     ap.add_argument("--pattern", type=int, default=128, help="pattern side of the simulator cases")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--no-cli", action="store_true", help="skip timing the command line")
+    ap.add_argument("--keep", action="store_true", help="add to the cases already in bench/_work/results.json")
     args = ap.parse_args()
     names = list(CASES) if args.all else (args.case or ["ms-1e5"])
-    rows = []
+    saved = WORK / "results.json"
+    rows = json.loads(saved.read_text()) if args.keep and saved.exists() else []
     for name in names:
-        rows.append(run_case(name, args.scan, args.pattern, args.seed, not args.no_cli))
+        rows = [r for r in rows if r["case"] != name] + [run_case(name, args.scan, args.pattern, args.seed,
+                                                                   not args.no_cli)]
         WORK.mkdir(exist_ok=True)
-        (WORK / "results.json").write_text(json.dumps(rows, indent=1))
+        saved.write_text(json.dumps(rows, indent=1))
         print(f"done {name}", flush=True)
+    rows.sort(key=lambda r: list(CASES).index(r["case"]))
     fmt = lambda e: "/".join(f"{e[k]:.1e}" for k in COMPONENTS[:3]) + f"/{e['theta']:.3f}"  # noqa: E731
     print("\nMAE e_xx/e_yy/e_xy/theta(deg); ratios are the worst component's")
     print("| case | CC-ST-AE | xcorr | py4DSTEM | CC-ST-AE / py4DSTEM | xcorr / py4DSTEM | CC-ST-AE / bound | "
