@@ -154,6 +154,8 @@ def test_domains_series_end_to_end(tmp_path):
     r = runner.invoke(app, ["domains", *map(str, frames), "--labels", "25,175", "--out", str(out),
                             "--epochs", "6", "--no-progress"])
     assert r.exit_code == 0, r.output
+    assert f"windows of {read_results(out / 'domains.zarr')[1]['window']} px (sized from periods" in r.output
+    assert "domain-free" in r.output
     for name in ("domains.zarr", "fractions.csv", "fractions.png", "segmentation.png", "latent_maps.png",
                  "loss.png", "model/config.json", "model/weights.safetensors"):
         assert (out / name).exists(), name
@@ -172,7 +174,7 @@ def test_domains_series_end_to_end(tmp_path):
     r = runner.invoke(app, ["domains", *map(str, frames), "--init", str(out / "model"), "--epochs", "0",
                             "--out", str(again), "--no-progress"])
     assert r.exit_code == 0, r.output
-    assert read_results(again / "domains.zarr")[1]["window"] == 48
+    assert read_results(again / "domains.zarr")[1]["window"] == attrs["window"]
 
 
 def test_domains_bad_input_is_one_clear_error(tmp_path):

@@ -280,9 +280,12 @@ def domains(
     out: OutOpt = Path("domains-results"),
     labels: Optional[str] = typer.Option(None, help="Frame labels, e.g. temperatures: 25,50,75."),
     label_name: str = typer.Option("temperature (C)", help="What the labels are, for the table and plot."),
-    window: Optional[int] = typer.Option(None, help="Window side in px (default 48, or the --init model's)."),
+    window: Optional[int] = typer.Option(
+        None, help="Window side in px (default: four of the longest stripe period the images show, or the --init "
+        "model's)."),
     stride: Optional[int] = typer.Option(None, help="Step between windows in px (default window/4)."),
-    clusters: Optional[int] = typer.Option(None, help="Number of domain types (default: chosen by silhouette)."),
+    clusters: Optional[int] = typer.Option(
+        None, help="Number of domain types, the domain-free type included (default: the wall-angle modes found)."),
     epochs: int = typer.Option(20, help="Training epochs (with --init: fine-tuning epochs; 0 applies it)."),
     latent: int = typer.Option(8, help="Content latents."),
     l1: float = typer.Option(1e-3, help="Target L1 weight on the content latents."),
@@ -316,16 +319,19 @@ def domains(
     except (InputError, ValueError, OSError) as e:
         _fail(e)
     n = maps["segmentation"].size
-    typer.echo(f"{len(stack)} frames, {n} windows of {info['window']} px (stride {info['stride']}), "
+    sized = (f" (sized from periods {', '.join(f'{p:.1f}' for p in sorted(info['periods']))} px)"
+             if info["periods"] else "")
+    typer.echo(f"{len(stack)} frames, {n} windows of {info['window']} px{sized} (stride {info['stride']}), "
                f"{info['n_clusters']} domain types, {time.perf_counter() - t0:.1f} s")
-    typer.echo("  type  order  orientation(deg)  period(px)  fraction per frame")
+    typer.echo("  type  order   wall angle(deg)  period(px)  fraction per frame")
     for k in range(info["n_clusters"]):
         ang, per = maps["series_orientation"][k], maps["series_period"][k]
         order = maps["series_order"][k]
-        typer.echo(f"  {k:4d}  {order:5.2f}  {ang:16.1f}  {per:10.1f}  "
+        name = "domain-free" if k == 0 else f"{ang:15.1f}"
+        typer.echo(f"  {k:4d}  {order:6.1f}  {name:>15}  {per:10.1f}  "
                    + " ".join(f"{v:.2f}" for v in maps["fractions"][:, k]))
-    typer.echo("  (order: directional order of the type's spectra, 0 isotropic to 1 one set of stripes; the "
-               "orientation and period of a type with low order mean little)")
+    typer.echo("  (order: the median stripe order of the type's windows over what noise alone gives; at most 1 "
+               "is domain-free)")
     typer.echo(f"results in {out}/: domains.zarr, fractions.csv, fractions.png, segmentation.png, "
                f"latent_maps.png, loss.png, model/")
 

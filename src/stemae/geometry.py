@@ -37,6 +37,13 @@ CONVENTIONS = (
 )
 
 
+def wall_angle(wave: np.ndarray) -> np.ndarray:
+    """Angle of the walls of stripes with wave vectors ``(..., 2)`` ``(kx, ky)``:
+    degrees in [-90, 90) from ``+x`` towards ``+y`` (walls are normal to the
+    wave vector; axial, so ``k`` and ``-k`` give the same angle)."""
+    return np.remainder(np.rad2deg(np.arctan2(wave[..., 1], wave[..., 0])), 180.0) - 90.0
+
+
 def rotation_matrix(theta: np.ndarray | float) -> np.ndarray:
     """Rotation matrices ``(..., 2, 2)`` for angles ``theta`` (radians).
 

@@ -204,10 +204,6 @@ def plot_bases(bases: np.ndarray, hk: np.ndarray, radius: float, shape, center, 
     return _save(fig, path)
 
 
-#: Types whose median directional order is below this are labelled isotropic.
-ISOTROPIC_ORDER = 0.4
-
-
 def _frames_grid(n: int):
     """A grid of up to four columns for ``n`` frames: ``(fig, axes)``."""
     cols = min(n, 4)
@@ -235,19 +231,21 @@ def plot_segmentation(images: np.ndarray, maps: dict, names, path) -> Path:
         ax.imshow(seg[t], cmap=cmap, vmin=-0.5, vmax=max(K, 2) - 0.5, alpha=0.45, extent=extent,
                   interpolation="nearest")
         ax.set_title(str(names[t]), fontsize=9)
-    handles = [matplotlib.patches.Patch(color=cmap(k), label=f"type {k}") for k in range(K)]
+    handles = [matplotlib.patches.Patch(color=cmap(k), label="type 0 (domain-free)" if k == 0 else
+                                        f"type {k} ({maps['series_orientation'][k]:.0f} deg)") for k in range(K)]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(K, 8))
     return _save(fig, path)
 
 
 def plot_domain_latents(maps: dict, names, path, max_frames: int = 4) -> Path:
-    """Per frame: wall orientation, period, anisotropy and the two most
+    """Per frame: wall orientation, period, stripe order and the two most
     active content latents, at the window grid."""
     T = min(len(names), max_frames)
     content = maps["content"]
     active = np.argsort(-np.abs(content).reshape(-1, content.shape[-1]).mean(0))[:2]
     panels = [("orientation", "wall angle (deg)", "twilight", (-90, 90)),
-              ("period", "period (px)", "viridis", None), ("anisotropy", "anisotropy", "magma", (0, 1))]
+              ("period", "period (px)", "viridis", None),
+              ("order", "stripe order (1: noise level)", "magma", None)]
     fig, axes = plt.subplots(T, len(panels) + 2, figsize=(3.0 * (len(panels) + 2), 2.8 * T),
                              constrained_layout=True, squeeze=False)
     for t in range(T):
@@ -270,8 +268,7 @@ def plot_fractions(labels, label_name: str, maps: dict, path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
     cmap = plt.get_cmap("tab10", max(frac.shape[1], 2))
     for k in range(frac.shape[1]):
-        isotropic = maps["series_order"][k] < ISOTROPIC_ORDER
-        what = "isotropic" if isotropic else f"walls at {maps['series_orientation'][k]:.0f} deg"
+        what = "domain-free" if k == 0 else f"walls at {maps['series_orientation'][k]:.0f} deg"
         ax.plot(x, frac[:, k], "o-", color=cmap(k), label=f"type {k} ({what})")
     if not numeric:
         ax.set_xticks(x, [str(v) for v in labels], rotation=45, ha="right")

@@ -2,12 +2,12 @@
 
 from stemae.domains.model import DomainAE, fit, l1_weight, load_model, predict, save_model
 from stemae.domains.run import map_domains
-from stemae.domains.segment import cluster_features, domain_statistics, segment
-from stemae.domains.windows import window_centres, window_ffts
+from stemae.domains.segment import domain_statistics, segment
+from stemae.domains.windows import choose_window, window_centres, window_ffts, window_stripes
 
 __all__ = [
     "DomainAE",
-    "cluster_features",
+    "choose_window",
     "domain_statistics",
     "fit",
     "l1_weight",
@@ -18,4 +18,5 @@ __all__ = [
     "segment",
     "window_centres",
     "window_ffts",
+    "window_stripes",
 ]

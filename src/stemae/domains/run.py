@@ -12,19 +12,25 @@ from tqdm.auto import tqdm
 
 from stemae.data.results import atomic_path, write_results
 from stemae.domains import model as ae
-from stemae.domains.segment import cluster_features, domain_statistics, segment
-from stemae.domains.windows import check_windowing, default_window, window_ffts
+from stemae.domains.segment import boundary_mask, domain_statistics, refine_boundaries, segment
+from stemae.domains.windows import (check_windowing, choose_window, half_window_power, order_null, window_ffts,
+                                   window_stripes)
 from stemae.errors import InputError
 
 #: Windows drawn (evenly from the frames, seeded) to train on.
 N_TRAIN = 20000
+#: Direction sectors (over 180 degrees) of the half-size windows at boundaries between types.
+SECTORS = 36
+#: Boundaries are refined with half-size windows only if those are at least
+#: this big (px): smaller ones hold too little of a stripe wave.
+MIN_HALF_WINDOW = 32
 
 def map_domains(
     images,
     *,
     window: int | None = None,
     stride: int | None = None,
-    crop: int = 33,
+    crop: int | None = None,
     init: ae.DomainAE | None = None,
     init_window: int | None = None,
     n_clusters: int | None = None,
@@ -43,8 +49,11 @@ def map_domains(
     ----------
     images : (T, H, W) or (H, W) array
     window, stride : window side and step in pixels (defaults: the window of
-        ``init`` or :func:`~stemae.domains.windows.default_window`, ``window // 4``)
-    crop : side of the spectra's central crop (odd; at most the window's side - 1)
+        ``init``, or one holding four periods of the longest stripe period the
+        images show (:func:`~stemae.domains.windows.choose_window`); ``window // 4``)
+    crop : side of the spectra's central crop (odd; at most the window's side
+        - 1; default: the ``init`` model's, or what the shortest period needs,
+        at least 33)
     init : a trained model to start from; ``epochs=0`` only applies it
     init_window : the window ``init`` was trained with (its default window)
     n_clusters : number of domain types; ``None`` chooses it
@@ -54,25 +63,33 @@ def map_domains(
     Returns
     -------
     maps : dict of arrays: ``centres`` (ny, nx, 2) window centres (y, x) px;
-        per window (T, ny, nx): ``segmentation`` (domain type), ``orientation``
-        (wall angle, degrees), ``period`` (px), ``anisotropy``, ``stretch``,
-        ``shear``, ``error``; ``content`` (T, ny, nx, latent); per frame and
+        per window (T, ny, nx): ``segmentation`` (domain type), ``order``
+        (stripe order over the noise-only threshold: at most 1 is
+        domain-free), ``orientation`` (wall angle, degrees) and ``period``
+        (px) of the fundamental stripe wave, ``stretch``, ``shear``,
+        ``error`` of the autoencoder; ``content`` (T, ny, nx, latent); per frame and
         type (T, K): ``fractions``, ``type_orientation`` (degrees),
         ``type_period`` (px); per type over all frames (K,):
         ``series_orientation``, ``series_period``, ``series_order``
-    info : dict: ``window``, ``stride``, ``n_clusters``, ``silhouette`` (when
-        chosen) and the training ``record``
+    info : dict: ``window``, ``stride``, ``crop``, ``periods`` (the
+        fundamental periods the window was sized from, px), ``n_clusters``,
+        ``type_angles``, ``order_threshold`` and the training ``record``
     model : the trained DomainAE
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim == 2:
         images = images[None]
-    if window is None:
-        window = init_window or default_window(images.shape[1:])
+    periods = []
+    if init is not None:
+        window, crop = window or init_window, init.crop
+    if window is None or crop is None:
+        auto_window, auto_crop, periods = choose_window(images)
+        window = window or auto_window
+        crop = crop or (auto_crop if window == auto_window else 33)
+    crop = min(crop, (window - 2) // 2 * 2 + 1)
     stride = max(window // 4, 1) if stride is None else stride
     # Spectra are made frame by frame (twice: for the training sample, then
     # for the maps), so a long series of large images never holds them all.
-    crop = init.crop if init is not None else min(crop, (window - 2) // 2 * 2 + 1)
     check_windowing(images.shape[1:], window, stride, crop)
     if init is not None and epochs == 0:
         model, record = init, {"loss": [], "epochs": 0, "transfer": True}
@@ -86,30 +103,61 @@ def map_domains(
         model, record = ae.fit(np.concatenate(sample), latent=latent, epochs=epochs, n_train=N_TRAIN,
                                l1=l1, l1_start=l1_start, l1_ramp=l1_ramp, init=init, seed=seed, device=device,
                                progress=progress)
-    parts = []
-    for frame in tqdm(images, desc="domains map", unit="frame", disable=not progress, leave=False):
-        spectra, centres = window_ffts(frame, window, stride, crop, device)
-        parts.append(ae.predict(model, spectra[0], window, device=device))
-    maps = {k: np.stack([p[k] for p in parts]) for k in parts[0]}
-    lead = maps["orientation"].shape
-    flat = {k: v.reshape(-1, *v.shape[len(lead):]) for k, v in maps.items()}
-    feats = cluster_features(flat["content"], flat["orientation"], flat["anisotropy"])
-    labels, info = segment(feats, flat["anisotropy"], flat["orientation"], n_clusters, seed)
-    maps["segmentation"] = labels.reshape(lead)
-    maps["centres"] = centres
-    maps.update(domain_statistics(maps["segmentation"], maps["orientation"], maps["period"], maps["anisotropy"],
-                                  info["n_clusters"]))
-    info.update(window=int(window), stride=int(stride), crop=int(crop), record=record)
+    parts = [map_frame(model, frame, window, stride, crop, device)
+             for frame in tqdm(images, desc="domains map", unit="frame", disable=not progress, leave=False)]
+    maps = {k: np.stack([p[k] for p in parts]) for k in parts[0] if k != "centres"}
+    labels, info = segment(maps["order"], maps["orientation"], 1.0, n_clusters)
+    if window - 2 * (window // 4) >= MIN_HALF_WINDOW:
+        labels = refine_boundaries(labels, boundary_power(images, labels, window, stride, crop, seed),
+                                   np.array(info["type_angles"]))
+    info["order_threshold"] = order_null(window, crop)[1]
+    maps["segmentation"] = labels
+    maps["centres"] = parts[0]["centres"]
+    maps.update(domain_statistics(labels, maps["orientation"], maps["period"], maps["order"], info["n_clusters"]))
+    info.update(window=int(window), stride=int(stride), crop=int(crop), periods=[float(p) for p in periods],
+                record=record)
     return maps, info, model
+
+
+def map_frame(model: ae.DomainAE, frame: np.ndarray, window: int, stride: int, crop: int, device="cpu"
+              ) -> dict[str, np.ndarray]:
+    """Everything one image's windows say, on the window grid ``(ny, nx)``:
+    the autoencoder's ``content``, ``stretch``, ``shear`` and ``error``; the
+    stripe ``order``, ``orientation`` and ``period``
+    (:func:`~stemae.domains.windows.window_stripes`); ``centres`` (ny, nx, 2)."""
+    spectra, centres = window_ffts(frame, window, stride, crop, device)
+    coded = ae.predict(model, spectra[0], window, device=device)
+    return {**{k: coded[k] for k in ("content", "stretch", "shear", "error")}, **window_stripes(spectra[0], window),
+            "centres": centres}
+
+
+def boundary_power(images: np.ndarray, labels: np.ndarray, window: int, stride: int, crop: int, seed: int = 0,
+                   per_type: int = 32) -> np.ndarray:
+    """Half-size windows' power per direction (``(T, ny, nx, SECTORS)``, NaN
+    elsewhere) at the boundary windows and at up to ``per_type`` interior
+    windows of every type and frame (drawn seeded), for
+    :func:`~stemae.domains.segment.refine_boundaries`."""
+    rng = np.random.default_rng(seed)
+    edges = boundary_mask(labels)
+    power = np.full(labels.shape + (SECTORS,), np.nan, np.float32)
+    for t, frame in enumerate(images):
+        pick = [np.argwhere(edges[t])]
+        for k in np.unique(labels[t]):
+            inner = np.argwhere((labels[t] == k) & ~edges[t])
+            pick.append(inner[np.sort(rng.choice(len(inner), min(per_type, len(inner)), replace=False))])
+        where = np.concatenate(pick)
+        if len(where):
+            power[t, where[:, 0], where[:, 1]] = half_window_power(frame, window, stride, crop, where, SECTORS)
+    return power
 
 
 DESCRIPTIONS = {
     "centres": ("px", "window centres (y, x) in image pixels, shape (ny, nx, 2)"),
-    "segmentation": ("", "domain type of each window (0: least anisotropic, usually domain-free)"),
+    "segmentation": ("", "domain type of each window (0: domain-free, then stripe types by wall angle)"),
+    "order": ("", "stripe order of the window spectrum over what noise alone gives (its 99.9 % quantile): "
+              "at most 1 is domain-free"),
     "orientation": ("deg", "domain wall angle from +x towards +y (x along columns, y down rows), [-90, 90)"),
-    "period": ("px", "stripe period"),
-    "anisotropy": ("", "directional order of the window spectrum, 0 isotropic to 1 one set of stripes "
-                   "(the larger of its two-fold and four-fold order parameters)"),
+    "period": ("px", "stripe period (the fundamental's)"),
     "stretch": ("", "learned residual stretch of the pose (log_sx - log_sy)"),
     "shear": ("", "learned residual shear of the pose"),
     "error": ("", "reconstruction mean squared error of the window spectrum"),
@@ -119,7 +167,7 @@ DESCRIPTIONS = {
     "type_period": ("px", "median period of each domain type per frame, shape (T, K)"),
     "series_orientation": ("deg", "mean wall angle of each domain type over all frames, shape (K,)"),
     "series_period": ("px", "median period of each domain type over all frames, shape (K,)"),
-    "series_order": ("", "median directional order of each domain type over all frames, shape (K,)"),
+    "series_order": ("", "median stripe order of each domain type over all frames, shape (K,)"),
 }
 
 

@@ -1,94 +1,173 @@
-"""Segmentation of window latents into domain types, and per-frame statistics.
+"""Segmentation of windows into domain types, and per-frame statistics.
 
-The features of a window are its content latents (scaled to unit total
-variance) and its orientation as a doubled-angle vector weighted by the
-spectrum's anisotropy, so that 0 and 180 degrees coincide and an isotropic,
-domain-free window sits at the centre whatever its nominal angle. K-means
-clusters them jointly across the frames of a series, with the number of
-clusters given or chosen by the silhouette score.
+A window is domain-free when its spectrum shows no stripe wave beyond what
+noise alone gives (its order statistic at or below the null threshold, see
+:func:`stemae.domains.windows.order_null`). The ordered windows are
+grouped by wall angle: the types are the modes of the angles' density on
+the half circle (angles are axial, period 180 degrees), found jointly for
+all frames of a series, so a type means the same in every frame and the
+same images give the same types and numbers in every run.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_score
+from scipy import ndimage
 
 from stemae.errors import InputError
 
-#: Weight of the orientation features against the content.
-ORIENTATION_WEIGHT = 8.0
-#: Silhouette scores closer than this count as tied; the fewer clusters win.
-SILHOUETTE_TIE = 0.005
-#: Below this best silhouette score the windows show no distinct types: one type.
-MIN_SILHOUETTE = 0.4
+#: Width (standard deviation, degrees) of the kernel of the wall-angle density.
+ANGLE_KERNEL = 4.0
+#: Modes closer than this (degrees) are one type.
+MIN_SEPARATION = 15.0
+#: A type holds at least this share of the windows of some frame.
+MIN_SHARE = 0.03
 
 
-def cluster_features(content: np.ndarray, orientation: np.ndarray, anisotropy: np.ndarray) -> np.ndarray:
-    """Features ``(N, latent + 2)`` from content ``(N, latent)``, orientation
-    ``(N,)`` in degrees and anisotropy ``(N,)`` in [0, 1]."""
-    z = content - content.mean(0)
-    z = z / max(np.sqrt((z**2).sum(1).mean()), 1e-12)
-    t = np.deg2rad(2 * orientation)
-    o = ORIENTATION_WEIGHT * anisotropy[:, None] * np.stack([np.cos(t), np.sin(t)], 1)
-    return np.concatenate([z, o], 1)
+def angle_modes(orientation: np.ndarray, frame: np.ndarray, frame_sizes: np.ndarray, n_types: int | None = None
+                ) -> np.ndarray:
+    """Wall angles (degrees, ascending in [-90, 90)) of the stripe types.
 
-
-def choose_k(features: np.ndarray, k_range=range(2, 9), sample: int = 4000, seed: int = 0) -> tuple[int, dict]:
-    """Number of clusters by the silhouette score on a seeded sample: the
-    smallest ``k`` whose score is within :data:`SILHOUETTE_TIE` of the best
-    (splitting one domain type in two can leave the score unchanged), or 1
-    if no ``k`` reaches :data:`MIN_SILHOUETTE` (a split of a single type
-    scores about 0.25 to 0.35; distinct types score 0.55 and more).
-
-    Returns ``(k, {k: score})``."""
-    rng = np.random.default_rng(seed)
-    x = features[rng.choice(len(features), min(sample, len(features)), replace=False)]
-    scores = {}
-    for k in k_range:
-        if k >= len(x):
-            break
-        lab = KMeans(k, n_init=10, random_state=seed).fit_predict(x)
-        scores[k] = float(silhouette_score(x, lab)) if len(np.unique(lab)) > 1 else -1.0
-    if not scores:
-        raise InputError(f"too few windows ({len(features)}) to segment")
-    best = max(scores.values())
-    if best < MIN_SILHOUETTE:
-        return 1, scores
-    return min(k for k, v in scores.items() if v >= best - SILHOUETTE_TIE), scores
-
-
-def segment(features: np.ndarray, anisotropy: np.ndarray, orientation: np.ndarray, n_clusters: int | None = None,
-            seed: int = 0) -> tuple[np.ndarray, dict]:
-    """Cluster windows into domain types.
+    The density of ``orientation`` on the half circle (a Gaussian kernel of
+    :data:`ANGLE_KERNEL` degrees on a 0.5 degree grid) is searched for local
+    maxima from the strongest down; a maximum within :data:`MIN_SEPARATION`
+    of a stronger one is dropped, and so is a mode whose windows (those
+    nearer it than any other mode) are less than :data:`MIN_SHARE` of every
+    frame's windows. ``n_types`` keeps that many of the strongest instead.
 
     Parameters
     ----------
-    features : (N, F) from :func:`cluster_features`
-    anisotropy, orientation : (N,) used to order the clusters
-    n_clusters : number of domain types; ``None`` chooses it (:func:`choose_k`)
-    seed : random seed of k-means
+    orientation : (N,) wall angles of the ordered windows, degrees
+    frame : (N,) frame index of each window
+    frame_sizes : (T,) number of windows of each frame (ordered or not)
+    n_types : number of stripe types, or ``None`` to choose
 
     Returns
     -------
-    labels : (N,) int, ordered: the least anisotropic type (domain-free) first,
-        then the others by mean orientation from -90 to 90 degrees
-    info : dict with ``n_clusters`` and, when chosen, the ``silhouette`` scores
+    (M,) mode angles, degrees
     """
-    info = {}
-    if n_clusters is None:
-        n_clusters, info["silhouette"] = choose_k(features, seed=seed)
-    if not 1 <= n_clusters <= len(features):
-        raise InputError(f"cannot make {n_clusters} clusters of {len(features)} windows")
-    raw = KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(features)
-    aniso = np.array([anisotropy[raw == k].mean() for k in range(n_clusters)])
-    angle = np.array([circular_mean(orientation[raw == k]) for k in range(n_clusters)])
-    first = int(np.argmin(aniso))
-    rest = sorted((k for k in range(n_clusters) if k != first), key=lambda k: angle[k])
-    order = np.empty(n_clusters, int)
-    order[[first] + rest] = np.arange(n_clusters)
-    info["n_clusters"] = n_clusters
-    return order[raw], info
+    if len(orientation) == 0:
+        return np.zeros(0)
+    grid = np.arange(-90.0, 90.0, 0.5)
+    hist = np.bincount(np.round((np.asarray(orientation) + 90.0) / 0.5).astype(int) % len(grid),
+                       minlength=len(grid)).astype(float)
+    density = ndimage.gaussian_filter1d(hist, ANGLE_KERNEL / 0.5, mode="wrap")
+    is_max = (density >= np.roll(density, 1)) & (density > np.roll(density, -1)) & (density > 0)
+    candidates = [grid[i] for i in np.argsort(-density) if is_max[i]]
+    modes: list[float] = []
+    for a in candidates:
+        if all(axial_distance(a, m) >= MIN_SEPARATION for m in modes):
+            modes.append(a)
+    if n_types is not None:
+        return np.sort(np.array(modes[:n_types]))
+    while modes:
+        near = nearest_mode(orientation, np.array(modes))
+        share = np.array([[np.sum((near == j) & (frame == t)) / max(n, 1) for t, n in enumerate(frame_sizes)]
+                          for j in range(len(modes))]).max(1)
+        if share.min() >= MIN_SHARE:
+            break
+        modes.pop(int(np.argmin(share)))
+    return np.sort(np.array(modes))
+
+
+def axial_distance(a, b) -> np.ndarray:
+    """Distance between axial angles in degrees (period 180), in [0, 90]."""
+    return np.abs((np.asarray(a) - np.asarray(b) + 90.0) % 180.0 - 90.0)
+
+
+def nearest_mode(orientation: np.ndarray, modes: np.ndarray) -> np.ndarray:
+    """Index ``(N,)`` of the mode nearest each axial angle."""
+    return np.argmin(axial_distance(np.asarray(orientation)[:, None], modes[None, :]), axis=1)
+
+
+def segment(order: np.ndarray, orientation: np.ndarray, threshold: float, n_clusters: int | None = None
+            ) -> tuple[np.ndarray, dict]:
+    """Domain type of every window.
+
+    Parameters
+    ----------
+    order : (T, ny, nx) stripe order statistic of each window
+    orientation : (T, ny, nx) wall angle, degrees
+    threshold : order at or below which a window is domain-free
+    n_clusters : number of types including the domain-free one; ``None`` chooses
+
+    Returns
+    -------
+    labels : (T, ny, nx) int: 0 domain-free, then the stripe types by wall
+        angle from -90 to 90 degrees
+    info : dict: ``n_clusters`` (always counting the domain-free type, which
+        may be empty), ``type_angles`` (the stripe types' mode angles),
+        ``order_threshold``
+    """
+    if n_clusters is not None and n_clusters < 1:
+        raise InputError(f"the number of domain types must be at least 1 (the domain-free type), got {n_clusters}")
+    ordered = order > threshold
+    frame = np.broadcast_to(np.arange(order.shape[0])[:, None, None], order.shape)
+    modes = angle_modes(orientation[ordered], frame[ordered], np.full(order.shape[0], order[0].size),
+                        None if n_clusters is None else n_clusters - 1)
+    labels = np.zeros(order.shape, int)
+    if len(modes):
+        labels[ordered] = 1 + nearest_mode(orientation[ordered], modes)
+    return labels, {"n_clusters": 1 + len(modes), "type_angles": [float(a) for a in modes],
+                    "order_threshold": float(threshold)}
+
+
+def boundary_mask(labels: np.ndarray) -> np.ndarray:
+    """Windows ``(T, ny, nx)`` whose 3x3 neighbourhood on the grid holds more than one type."""
+    return np.stack([ndimage.maximum_filter(lab, 3, mode="nearest") != ndimage.minimum_filter(lab, 3, mode="nearest")
+                     for lab in labels])
+
+
+def refine_boundaries(labels: np.ndarray, power: np.ndarray, modes: np.ndarray) -> np.ndarray:
+    """Labels near boundaries between types from smaller windows.
+
+    A window on a boundary (:func:`boundary_mask`) mixes both sides. A
+    window of half the side at the same centre shows each neighbouring
+    stripe type's wave with a power that grows with the share of the window
+    that type covers, squared: its power in the type's direction (within
+    :data:`MIN_SEPARATION` / 2 of the type's wave direction) over the median
+    of the same in that type's interior windows of the frame is that
+    squared share. The centre takes the stripe type of the largest share, or
+    the domain-free type (when it is a neighbour) if no stripe type covers
+    half the window (a share below 1/4).
+
+    Parameters
+    ----------
+    labels : (T, ny, nx) from :func:`segment`
+    power : (T, ny, nx, S) the smaller windows' power per direction sector
+        (:func:`stemae.domains.windows.half_window_power`), NaN where not
+        measured: it is needed at the boundary windows and at some interior
+        windows of every type
+    modes : (M,) the stripe types' wall angles (``info['type_angles']``), degrees
+
+    Returns
+    -------
+    (T, ny, nx) labels
+    """
+    out = labels.copy()
+    if len(modes) == 0:
+        return out
+    S = power.shape[-1]
+    sector_angle = (np.arange(S) + 0.5) * 180.0 / S - 90.0  # wall angle of each wave-direction sector
+    near = axial_distance(sector_angle[None, :], np.asarray(modes)[:, None]) <= MIN_SEPARATION / 2  # (M, S)
+    edges = boundary_mask(labels)
+    for t in range(labels.shape[0]):
+        lab, edge = labels[t], edges[t]
+        typed = np.stack([power[t][..., near[m]].max(-1) for m in range(len(modes))], -1)  # (ny, nx, M)
+        ref = np.full(len(modes), np.inf)
+        for m in range(len(modes)):
+            inner = typed[..., m][(lab == m + 1) & ~edge]
+            if np.isfinite(inner).any():
+                ref[m] = np.nanmedian(inner)
+        for i, j in np.argwhere(edge):
+            present = np.unique(lab[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2])
+            stripes = present[present > 0]
+            if len(stripes) == 0:
+                continue
+            share = typed[i, j, stripes - 1] / ref[stripes - 1]
+            best = int(np.argmax(share))
+            out[t, i, j] = 0 if (0 in present and share[best] < 0.25) else stripes[best]
+    return out
 
 
 def circular_mean(orientation: np.ndarray) -> float:
@@ -99,22 +178,22 @@ def circular_mean(orientation: np.ndarray) -> float:
     return float(np.rad2deg(np.arctan2(np.sin(t).mean(), np.cos(t).mean())) / 2)
 
 
-def domain_statistics(labels: np.ndarray, orientation: np.ndarray, period: np.ndarray, anisotropy: np.ndarray,
+def domain_statistics(labels: np.ndarray, orientation: np.ndarray, period: np.ndarray, order: np.ndarray,
                       n_clusters: int) -> dict[str, np.ndarray]:
-    """Per frame and domain type: fraction of windows, mean orientation, mean period.
+    """Per frame and domain type: fraction of windows, mean orientation, median period.
 
     Parameters
     ----------
-    labels, orientation, period, anisotropy : (T, ny, nx)
+    labels, orientation, period, order : (T, ny, nx)
     n_clusters : number of domain types
 
     Returns
     -------
     dict of (T, n_clusters) arrays: ``fractions``, ``type_orientation``
     (degrees, axial mean), ``type_period`` (pixels, median), NaN where a type
-    is absent; and of (n_clusters,) arrays over the whole series:
-    ``series_orientation``, ``series_period``, ``series_order`` (median
-    anisotropy: near 0 for domain-free windows).
+    is absent or, for orientation and period, domain-free; and of
+    (n_clusters,) arrays over the whole series: ``series_orientation``,
+    ``series_period``, ``series_order`` (median order statistic).
     """
     T = labels.shape[0]
     frac = np.zeros((T, n_clusters))
@@ -124,11 +203,13 @@ def domain_statistics(labels: np.ndarray, orientation: np.ndarray, period: np.nd
         for k in range(n_clusters):
             m = labels[t] == k
             frac[t, k] = m.mean()
-            if m.any():
+            if m.any() and k > 0:
                 ang[t, k] = circular_mean(orientation[t][m])
                 per[t, k] = np.median(period[t][m])
-    series_ang = np.array([circular_mean(orientation[labels == k]) for k in range(n_clusters)])
-    series_per, series_order = (np.array([np.median(v[labels == k]) if (labels == k).any() else np.nan
-                                          for k in range(n_clusters)]) for v in (period, anisotropy))
+    series_ang = np.array([circular_mean(orientation[labels == k]) if k > 0 else np.nan for k in range(n_clusters)])
+    series_per = np.array([np.median(period[labels == k]) if k > 0 and (labels == k).any() else np.nan
+                           for k in range(n_clusters)])
+    series_order = np.array([np.median(order[labels == k]) if (labels == k).any() else np.nan
+                             for k in range(n_clusters)])
     return {"fractions": frac, "type_orientation": ang, "type_period": per, "series_orientation": series_ang,
             "series_period": series_per, "series_order": series_order}

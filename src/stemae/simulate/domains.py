@@ -11,7 +11,10 @@ temperature: a/c domains (0 and 90 degrees) give way to a/a domains (+45 and
 
 Conventions: images are ``(H, W)`` with ``x`` along columns and ``y`` along
 rows (down); a wall angle is measured from ``+x`` towards ``+y``, in degrees,
-nominally 0, 90, +45 or -45 with a few degrees of scatter per region.
+nominally 0, 90, +45 or -45 with a few degrees of scatter per region. The
+truth's wall angle and period are local: the stripes' phase gradient (their
+wander included) at every pixel; :meth:`DomainImages.window_truth` averages
+it over analysis windows.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
+
+from stemae.geometry import wall_angle
 
 #: Ground-truth label of each domain type, and the wall angle of the stripe types.
 DOMAIN_TYPES = ("domain-free", "0 deg", "90 deg", "+45 deg", "-45 deg")
@@ -35,16 +40,54 @@ class DomainImages:
     ----------
     images : (T, H, W) float32, counts per pixel
     labels : (T, H, W) uint8, index into :data:`DOMAIN_TYPES`
-    angle : (T, H, W) float32, wall angle in degrees (NaN where domain-free)
-    period : (T, H, W) float32, stripe period in pixels (NaN where domain-free)
+    wave : (T, H, W, 2) float32, local stripe wave vector ``(kx, ky)`` in
+        cycles per pixel (the phase gradient over 2 pi; NaN where domain-free)
     temperatures : (T,) float64, the series label of each frame
     """
 
     images: np.ndarray
     labels: np.ndarray
-    angle: np.ndarray
-    period: np.ndarray
+    wave: np.ndarray
     temperatures: np.ndarray
+
+    @property
+    def angle(self) -> np.ndarray:
+        """Local wall angle ``(T, H, W)``, degrees in [-90, 90) (walls are normal to the wave vector)."""
+        return wall_angle(self.wave)
+
+    @property
+    def period(self) -> np.ndarray:
+        """Local stripe period ``(T, H, W)``, pixels."""
+        return 1.0 / np.linalg.norm(self.wave, axis=-1)
+
+    def window_truth(self, centres: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+        """Wall angle and period ``(T, ny, nx)`` a window shows: its local
+        wave vectors averaged with the Hann taper's weights over the pixels of
+        the centre's region type; NaN where the centre is domain-free.
+
+        Parameters
+        ----------
+        centres : (ny, nx, 2) window centres ``(y, x)``, pixels
+        window : window side, pixels
+        """
+        h1 = np.hanning(window)
+        taper = h1[:, None] * h1[None, :]
+        T = len(self.images)
+        ny, nx = centres.shape[:2]
+        ang, per = np.full((T, ny, nx), np.nan), np.full((T, ny, nx), np.nan)
+        lab = self.labels_at(centres)
+        for t in range(T):
+            for i in range(ny):
+                for j in range(nx):
+                    if lab[t, i, j] == 0:
+                        continue
+                    y0 = int(round(centres[i, j, 0] - (window - 1) / 2))
+                    x0 = int(round(centres[i, j, 1] - (window - 1) / 2))
+                    box = (t, slice(y0, y0 + window), slice(x0, x0 + window))
+                    w = taper * (self.labels[box] == lab[t, i, j])
+                    k = np.nansum(self.wave[box] * w[..., None], axis=(0, 1)) / w.sum()
+                    ang[t, i, j], per[t, i, j] = wall_angle(k), 1.0 / np.linalg.norm(k)
+        return ang, per
 
     def fractions(self, centres: np.ndarray | None = None) -> np.ndarray:
         """True fraction of each domain type per frame, ``(T, 5)``: over all
@@ -52,6 +95,15 @@ class DomainImages:
         lab = self.labels if centres is None else self.labels_at(centres)
         lab = lab.reshape(len(lab), -1)
         return np.stack([(lab == k).mean(1) for k in range(len(DOMAIN_TYPES))], 1)
+
+    def wall_distance(self) -> np.ndarray:
+        """Distance (px) of every pixel to the nearest pixel of another type, ``(T, H, W)``."""
+        out = np.full(self.labels.shape, np.inf)
+        for t, lab in enumerate(self.labels):
+            for k in np.unique(lab):
+                m = lab == k
+                out[t][m] = ndimage.distance_transform_edt(m)[m]
+        return out
 
     def labels_at(self, centres: np.ndarray) -> np.ndarray:
         """Truth labels ``(T, ...)`` at pixel centres ``(..., 2)`` ``(y, x)``."""
@@ -88,13 +140,16 @@ def region_map(shape, n_regions: int, roughness: float, rng) -> np.ndarray:
     return idx.reshape(H, W)
 
 
-def _stripes(box: tuple[slice, slice], angle_deg: float, period: float, phase_noise: np.ndarray, offset: float,
-             sharpness: float) -> np.ndarray:
-    """Stripe profile in ``[-1, 1]`` with walls along ``angle_deg`` over the pixels of ``box``."""
+def _stripes(box: tuple[slice, slice], angle_deg: float, period: float, phase_noise: np.ndarray,
+             noise_gradient: np.ndarray, offset: float, sharpness: float) -> tuple[np.ndarray, np.ndarray]:
+    """Stripe profile in ``[-1, 1]`` with walls along ``angle_deg`` over the
+    pixels of ``box``, and its local wave vector ``(..., 2)`` in cycles per
+    pixel (``noise_gradient``: the phase noise's gradient ``(..., 2)``, x first)."""
     yy, xx = np.mgrid[box].astype(np.float64)
     t = np.deg2rad(angle_deg)
     phase = 2 * np.pi * (-xx * np.sin(t) + yy * np.cos(t)) / period + offset + phase_noise
-    return np.tanh(sharpness * np.cos(phase)) / np.tanh(sharpness)
+    wave = np.array([-np.sin(t), np.cos(t)]) / period + noise_gradient / (2 * np.pi)
+    return np.tanh(sharpness * np.cos(phase)) / np.tanh(sharpness), wave
 
 
 def _bend_contours(shape, n: int, rng) -> np.ndarray:
@@ -109,60 +164,78 @@ def _bend_contours(shape, n: int, rng) -> np.ndarray:
 
 
 def _render(regions: np.ndarray, types: np.ndarray, periods: np.ndarray, jitter: np.ndarray, dose: float,
-            rng) -> tuple[np.ndarray, ...]:
-    """One image and its truth maps from a tessellation and per-region types."""
+            rng, *, sharpness=(1.0, 3.0), contrast=(0.12, 0.25), fade=None, bend_contours: int = 2,
+            wander: float = 0.8) -> tuple[np.ndarray, ...]:
+    """One image and its truth maps from a tessellation and per-region types
+    (``fade``: per-region factor on the stripe contrast, 0 removes them)."""
     shape = regions.shape
     H, W = shape
     img = 1 + 0.03 * _smooth_noise(shape, 3.0, rng)
-    angle = np.full(shape, np.nan, np.float32)
-    period = np.full(shape, np.nan, np.float32)
+    wave = np.full(shape + (2,), np.nan, np.float32)
     labels = types[regions].astype(np.uint8)
-    wander = 0.8 * _smooth_noise(shape, 30.0, rng)
+    noise = wander * _smooth_noise(shape, 30.0, rng)
+    gy, gx = np.gradient(noise)
+    grad = np.stack([gx, gy], -1)
     for r, box in enumerate(ndimage.find_objects(regions + 1)):
         if box is None or types[r] == 0:
             continue
         m = regions[box] == r
         a = WALL_ANGLES[int(types[r])] + jitter[r]
-        s = _stripes(box, a, periods[r], wander[box], rng.uniform(0, 2 * np.pi), rng.uniform(1.0, 3.0))
-        img[box][m] += rng.uniform(0.12, 0.25) * s[m]
-        angle[box][m], period[box][m] = a, periods[r]
+        s, k = _stripes(box, a, periods[r], noise[box], grad[box], rng.uniform(0, 2 * np.pi),
+                        rng.uniform(*sharpness))
+        amp = rng.uniform(*contrast) * (1.0 if fade is None else fade[r])
+        img[box][m] += amp * s[m]
+        wave[box][m] = k[m]
     yy, xx = np.mgrid[0:H, 0:W] / np.array([H, W])[:, None, None]
     gy, gx = rng.uniform(-0.3, 0.3, 2)
-    img *= (1 + gy * (yy - 0.5) + gx * (xx - 0.5)) * _bend_contours(shape, 2, rng)
+    img *= (1 + gy * (yy - 0.5) + gx * (xx - 0.5)) * _bend_contours(shape, bend_contours, rng)
     counts = rng.poisson(dose * np.clip(img, 0, None)) if dose > 0 else img
-    return counts.astype(np.float32), labels, angle, period
+    return counts.astype(np.float32), labels, wave
 
 
-def _balanced_types(n_regions: int, rng) -> np.ndarray:
-    """Region types covering all five types as evenly as ``n_regions`` allows."""
+def _region_types(n_regions: int, rng, weights=None) -> np.ndarray:
+    """Region types: all five as evenly as ``n_regions`` allows, or drawn with
+    probabilities ``weights`` (5,) (unequal fractions)."""
     k = len(DOMAIN_TYPES)
-    return rng.permutation(np.resize(np.arange(k), n_regions))
+    if weights is None:
+        return rng.permutation(np.resize(np.arange(k), n_regions))
+    return rng.choice(k, n_regions, p=np.asarray(weights, float) / np.sum(weights))
 
 
 def simulate_domain_images(n_images: int = 1, shape=(768, 768), n_regions: int = 10,
                            period_range=(8.0, 18.0), roughness: float = 12.0, dose: float = 200.0,
-                           seed: int = 0) -> DomainImages:
-    """Independent images, each with its own regions, all five types present.
+                           seed: int = 0, *, sharpness=(1.0, 3.0), contrast=(0.12, 0.25), bend_contours: int = 2,
+                           type_weights=None) -> DomainImages:
+    """Independent images, each with its own regions.
 
     Parameters
     ----------
     n_images : number of frames T
     shape : (H, W) pixels
-    n_regions : regions per image (at least 5 so every type appears)
+    n_regions : regions per image (at least 5 so every type appears when
+        ``type_weights`` is None)
     period_range : (min, max) stripe period in pixels, drawn per region
     roughness : wall wander in pixels
     dose : mean counts per pixel (Poisson); 0 for noise-free
     seed : random seed
+    sharpness : (min, max) of the wall sharpness ``s`` per region: the
+        profile is ``tanh(s cos(phase))``, near a sine for ``s`` below 0.5
+        and a square wave with sharp walls above 5
+    contrast : (min, max) stripe amplitude relative to the mean intensity
+    bend_contours : number of bend contours per image
+    type_weights : probabilities (5,) of the region types, for unequal
+        fractions; None covers all five evenly
     """
     rng = np.random.default_rng(seed)
     frames = []
     for _ in range(n_images):
         regions = region_map(shape, n_regions, roughness, rng)
-        types = _balanced_types(n_regions, rng)
+        types = _region_types(n_regions, rng, type_weights)
         periods = rng.uniform(*period_range, n_regions)
-        frames.append(_render(regions, types, periods, rng.uniform(-4, 4, n_regions), dose, rng))
-    img, lab, ang, per = (np.stack(x) for x in zip(*frames))
-    return DomainImages(img, lab, ang, per, np.arange(n_images, dtype=np.float64))
+        frames.append(_render(regions, types, periods, rng.uniform(-4, 4, n_regions), dose, rng,
+                              sharpness=sharpness, contrast=contrast, bend_contours=bend_contours))
+    img, lab, wave = (np.stack(x) for x in zip(*frames))
+    return DomainImages(img, lab, wave, np.arange(n_images, dtype=np.float64))
 
 
 def series_fractions(temperature) -> np.ndarray:
@@ -175,14 +248,17 @@ def series_fractions(temperature) -> np.ndarray:
 
 def simulate_domain_series(temperatures=(25, 50, 75, 100, 125, 150, 175, 200), shape=(768, 768),
                            n_regions: int = 24, period_range=(8.0, 18.0), roughness: float = 12.0,
-                           dose: float = 200.0, seed: int = 0) -> DomainImages:
+                           dose: float = 200.0, seed: int = 0, *, fade: float = 30.0) -> DomainImages:
     """A temperature series of one sample area.
 
     The regions stay; each region has a fixed random rank that decides, with
     :func:`series_fractions`, its type at each temperature, so the domain
     fractions follow the temperature the way a real film's would (a/c to a/a
-    near 60 C, domain-free towards 190 C). Each frame has its own noise,
-    bend contours and illumination. Parameters as in
+    near 60 C, domain-free towards 190 C). A region's stripes fade as it
+    nears the temperature where it turns domain-free, their contrast going
+    as ``sqrt((T_r - T) / fade)`` within ``fade`` C of it (an order
+    parameter; 0 switches them off at once). Each frame has its own noise,
+    bend contours and illumination. Other parameters as in
     :func:`simulate_domain_images`.
     """
     rng = np.random.default_rng(seed)
@@ -191,10 +267,12 @@ def simulate_domain_series(temperatures=(25, 50, 75, 100, 125, 150, 175, 200), s
     variant = rng.integers(0, 2, n_regions)
     periods = rng.uniform(*period_range, n_regions)
     jitter = rng.uniform(-4, 4, n_regions)
+    t_free = 150.0 + 12.0 * np.log(rank / (1 - rank))  # where series_fractions' free share reaches the rank
     frames = []
     for t in temperatures:
         free, ac, _ = series_fractions(t)
         types = np.where(rank < free, 0, np.where(rank < free + ac, 1 + variant, 3 + variant))
-        frames.append(_render(regions, types, periods, jitter, dose, rng))
-    img, lab, ang, per = (np.stack(x) for x in zip(*frames))
-    return DomainImages(img, lab, ang, per, np.asarray(temperatures, dtype=np.float64))
+        strength = np.sqrt(np.clip((t_free - t) / fade, 0, 1)) if fade > 0 else np.ones(n_regions)
+        frames.append(_render(regions, types, periods, jitter, dose, rng, fade=strength))
+    img, lab, wave = (np.stack(x) for x in zip(*frames))
+    return DomainImages(img, lab, wave, np.asarray(temperatures, dtype=np.float64))

@@ -1,0 +1,100 @@
+"""Stripe order against noise, fundamental periods of sharp and sinusoidal
+stripes, window sizing from the images, the independent image generator and
+a series whose stripes fade to nothing."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+from stemae.domains.run import map_domains
+from stemae.domains.windows import (choose_window, hann, order_null, spectra_of_windows, spectral_order,
+                                    window_ffts, window_stripes)
+from stemae.simulate.domains import simulate_domain_series
+from stemae.simulate.patchwork import patchwork_images
+
+
+def _stripes(shape, angle_deg, period, sharpness, contrast=0.1, dose=200.0, seed=0):
+    """Poisson image of stripes with walls at ``angle_deg``: sinusoidal for a
+    small ``sharpness``, square waves for a large one."""
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
+    t = np.deg2rad(angle_deg)
+    c = np.cos(2 * np.pi * (-xx * np.sin(t) + yy * np.cos(t)) / period)
+    profile = np.tanh(sharpness * c) / np.tanh(sharpness)
+    return np.random.default_rng(seed).poisson(dose * (1 + contrast * profile)).astype(np.float32)
+
+
+def test_noise_alone_rarely_passes_for_order_whatever_its_colour():
+    """White noise and a correlated isotropic mottle (several times the
+    shot noise at low frequencies) pass the order threshold at about the
+    null's 0.1 % rate: the whitening makes the statistic independent of the
+    noise's colour."""
+    window, crop = 64, 33
+    typical, threshold = order_null(window, crop)
+    gen = torch.Generator().manual_seed(123)  # not the null's seed
+    white = torch.randn(4096, window, window, generator=gen)
+    k = torch.fft.fftfreq(window)
+    gain = torch.exp(-2 * (np.pi * 3.0) ** 2 * (k[:, None] ** 2 + k[None, :] ** 2))
+    mottle = torch.fft.ifft2(torch.fft.fft2(torch.randn(4096, window, window, generator=gen)) * gain).real
+    mottle = white + 6 * mottle / mottle.std()
+    for noise in (white, mottle):
+        order = spectral_order(spectra_of_windows(noise, hann(window), crop))[0]
+        assert (order > threshold).float().mean().item() < 0.005
+        assert order.median().item() == pytest.approx(typical, rel=0.1)
+
+
+@pytest.mark.parametrize("sharpness", [0.3, 8.0])
+def test_fundamental_period_and_angle_of_sinusoidal_and_sharp_stripes(sharpness):
+    """Periods from 6 to 40 px, in windows of four periods (at least 32 px): the fundamental,
+    not a harmonic, to 2 %; the wall angle to a degree; and 2 % stripe
+    contrast still stands out from the noise."""
+    for period, angle in ((6.0, 30.0), (13.0, -45.0), (25.0, 0.0), (40.0, 75.0)):
+        window = max(32, int(np.ceil(4 * period / 2) * 2))
+        img = _stripes((window, window), angle, period, sharpness)
+        r = window_stripes(window_ffts(img, window, window, min(33, window - 1))[0], window)
+        assert r["period"].item() == pytest.approx(period, rel=0.02), (period, r["period"])
+        assert abs((r["orientation"].item() - angle + 90) % 180 - 90) < 1.0
+        assert r["order"].item() > 5
+    faint = _stripes((64, 64), 0.0, 16.0, sharpness, contrast=0.02)
+    assert window_stripes(window_ffts(faint, 64, 64, 33)[0], 64)["order"].item() > 1
+
+
+def test_window_holds_four_of_the_longest_periods():
+    yy, xx = np.mgrid[0:512, 0:512]
+    img = np.random.default_rng(1).poisson(200 * (1 + 0.1 * np.sign(np.cos(2 * np.pi * xx / 30.0)))).astype(np.float32)
+    img[:, :256] = np.random.default_rng(2).poisson(200 * (1 + 0.1 * np.cos(2 * np.pi * yy[:, :256] / 12.0)))
+    window, crop, periods = choose_window(img)
+    # The square wave's harmonics (10 px, 6 px) are not periods of their own;
+    # the sizing reads periods to the tile's frequency pixel (a few per cent).
+    np.testing.assert_allclose(np.sort(periods), [12, 30], rtol=0.06)
+    assert window == pytest.approx(4 * 30, rel=0.06) and window % 2 == 0 and crop == 33
+    noise = np.random.default_rng(3).poisson(200, (256, 256)).astype(np.float32)
+    assert choose_window(noise)[:2] == (48, 33)  # nothing to size from: the default
+
+
+def test_independent_generator_is_mapped():
+    """Images of the second generator (blob regions, uneven domain widths,
+    erf walls): its truth agrees with what the windows show, and default
+    settings map its types."""
+    sim = patchwork_images(1, (512, 512), n_regions=6, period_range=(10, 20), wall=1.0, seed=21)
+    maps, info, _ = map_domains(sim.images, epochs=4, seed=0)
+    truth = sim.labels_at(maps["centres"])
+    assert adjusted_rand_score(truth.ravel(), maps["segmentation"].ravel()) > 0.75
+    ang, per = sim.window_truth(maps["centres"], info["window"])
+    ok = np.isfinite(ang) & (maps["segmentation"] > 0)
+    assert np.median(np.abs((maps["orientation"] - ang + 90) % 180 - 90)[ok]) < 2.0
+    assert np.median(np.abs(maps["period"][ok] / per[ok] - 1)) < 0.05
+
+
+def test_series_whose_stripes_fade_to_nothing():
+    """Stripes fade region by region as each nears its transition (contrast
+    as the square root of the distance to it), then vanish: the per-frame
+    fractions follow the truth to 0.05, and the last frame is domain-free."""
+    temps = (100, 140, 160, 200)
+    sim = simulate_domain_series(temps, shape=(512, 512), n_regions=10, seed=31)
+    maps, info, _ = map_domains(sim.images, epochs=4, seed=0)
+    truth = sim.labels_at(maps["centres"])
+    free_true = (truth == 0).reshape(len(temps), -1).mean(1)
+    free_found = maps["fractions"][:, 0]
+    np.testing.assert_allclose(free_found, free_true, atol=0.05)
+    assert free_true[0] < 0.5 and free_true[-1] == 1.0 and free_found[-1] > 0.99
