@@ -94,11 +94,12 @@ def spectra_of_windows(patches: torch.Tensor, taper: torch.Tensor, crop: int) ->
     other half is its point reflection.
     """
     w, h = patches.shape[-1], crop // 2
-    mean = patches.mean((-2, -1), keepdim=True)
-    std = patches.std((-2, -1), keepdim=True).clamp_min(1e-6)
-    f = torch.fft.rfft2(patches * taper)
-    f = (f - mean * torch.fft.rfft2(taper)).abs() / std
-    f = torch.fft.fftshift(f, dim=-2)[..., w // 2 - h:w // 2 + h + 1, :h + 1]
+    std, mean = torch.std_mean(patches, dim=(-2, -1), keepdim=True)
+
+    def cropped(x):
+        return torch.fft.fftshift(torch.fft.rfft2(x), dim=-2)[..., w // 2 - h:w // 2 + h + 1, :h + 1]
+
+    f = (cropped(patches * taper) - mean * cropped(taper)).abs() / std.clamp_min(1e-6)
     return torch.log1p(torch.cat([f[..., 1:].flip(-1, -2), f], -1))
 
 
@@ -146,22 +147,27 @@ def window_ffts(images, window: int | None = None, stride: int | None = None, cr
 def _rings(crop: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Integer frequency radius ``(crop * crop,)`` of each (flattened)
     spectrum pixel, zero at the centre, and for each radius the flat indices
-    of its pixels."""
+    of one of each pair of its pixels that are point reflections of each
+    other (a spectrum holds every value twice, so the median of that half
+    is the whole ring's)."""
     k = torch.arange(crop) - crop // 2
     ring = torch.sqrt((k[:, None] ** 2 + k[None, :] ** 2).float()).round().long().reshape(-1)
-    return ring, [torch.nonzero(ring == r)[:, 0] for r in range(int(ring.max()) + 1)]
+    kx, ky = k[None, :].expand(crop, crop).reshape(-1), k[:, None].expand(crop, crop).reshape(-1)
+    half = (kx > 0) | ((kx == 0) & (ky >= 0))
+    return ring, [torch.nonzero((ring == r) & half)[:, 0] for r in range(int(ring.max()) + 1)]
 
 
-def whitened_power(spectra: torch.Tensor) -> torch.Tensor:
+def whitened_power(spectra: torch.Tensor, magnitude: torch.Tensor | None = None) -> torch.Tensor:
     """Power of log-magnitude spectra ``(B, k, k)`` (as :func:`spectra_of_windows`)
-    over its median on the same frequency ring, ``(B, k, k)``.
+    over its median on the same frequency ring, ``(B, k, k)`` (``magnitude``:
+    ``expm1(spectra)``, if already at hand).
 
     Any isotropic spectrum (white or correlated noise, an amorphous
     mottle) becomes flat, about 1.44 on average (an exponential variable over
     its median); a stripe wave stands out as a peak however the noise is
     coloured."""
     B, k, _ = spectra.shape
-    p = torch.expm1(spectra).square().reshape(B, -1)
+    p = (torch.expm1(spectra) if magnitude is None else magnitude).square().reshape(B, -1)
     ring, members = _rings(k)
     med = torch.stack([p[:, idx.to(p.device)].median(1).values for idx in members], 1).clamp_min(1e-20)
     return (p / med[:, ring.to(p.device)]).reshape(B, k, k)
@@ -169,14 +175,20 @@ def whitened_power(spectra: torch.Tensor) -> torch.Tensor:
 
 def _neighbourhood_max(x: torch.Tensor) -> torch.Tensor:
     """Largest value over each pixel's 3x3 neighbourhood of ``(B, k, k)`` (a
-    3x3 max filter; shifted slices are faster than ``max_pool2d`` here)."""
-    k = x.shape[-1]
+    separable 3x3 max filter; faster than ``max_pool2d`` here)."""
     p = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
-    out = x.clone()
-    for dy in (0, 1, 2):
-        for dx in (0, 1, 2):
-            out = torch.maximum(out, p[:, dy:dy + k, dx:dx + k])
-    return out
+    rows = torch.maximum(torch.maximum(p[:, :, :-2], p[:, :, 1:-1]), p[:, :, 2:])
+    return torch.maximum(torch.maximum(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
+
+
+def _neighbourhood_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over each pixel's 3x3 neighbourhood of ``(B, k, k)``, over the
+    pixels inside the spectrum at its edges (a separable box filter)."""
+    def box(y):
+        p = F.pad(y, (1, 1, 1, 1))
+        rows = p[:, :, :-2] + p[:, :, 1:-1] + p[:, :, 2:]
+        return rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+    return box(x) / box(torch.ones_like(x[:1]))
 
 
 def spectral_order(spectra: torch.Tensor, floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,8 +221,9 @@ def spectral_order(spectra: torch.Tensor, floor: float = 0.0) -> tuple[torch.Ten
     B, k, _ = spectra.shape
     h = k // 2
     dev = spectra.device
-    q = whitened_power(spectra)
-    qs = F.avg_pool2d(q[:, None], 3, 1, 1, count_include_pad=False)[:, 0]
+    mag = torch.expm1(spectra)
+    q = whitened_power(spectra, mag)
+    qs = _neighbourhood_mean(q)
     ky, kx = torch.meshgrid(torch.arange(k, device=dev) - h, torch.arange(k, device=dev) - h, indexing="ij")
     grid = torch.stack([kx, ky], -1).float().reshape(-1, 2)
     band = ((grid.norm(dim=-1) >= R_MIN) & (grid.norm(dim=-1) <= h))[None]
@@ -234,7 +247,6 @@ def spectral_order(spectra: torch.Tensor, floor: float = 0.0) -> tuple[torch.Ten
         at = torch.stack([tx + dx - h, ty + dy - h], -1).float()
         take = (target.norm(dim=-1) >= R_MIN) & (val >= HARMONIC_SHARE * order) & (val >= floor)
         peak = torch.where(take[:, None], at, peak)
-    mag = torch.expm1(spectra)
     ix, iy = (peak[:, 0] + h).long().clamp(1, k - 2), (peak[:, 1] + h).long().clamp(1, k - 2)
     around = torch.stack([mag[b, iy + dy, ix + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], 1)
     j = around.argmax(1)
@@ -269,7 +281,7 @@ def directional_power(spectra: torch.Tensor, sectors: int = 36) -> torch.Tensor:
     B, k, _ = spectra.shape
     h = k // 2
     dev = spectra.device
-    qs = F.avg_pool2d(whitened_power(spectra)[:, None], 3, 1, 1, count_include_pad=False)[:, 0].reshape(B, -1)
+    qs = _neighbourhood_mean(whitened_power(spectra)).reshape(B, -1)
     ky, kx = torch.meshgrid(torch.arange(k, device=dev) - h, torch.arange(k, device=dev) - h, indexing="ij")
     r = torch.sqrt((kx**2 + ky**2).float()).reshape(-1)
     direction = torch.remainder(torch.rad2deg(torch.atan2(ky.float(), kx.float())), 180.0).reshape(-1)
