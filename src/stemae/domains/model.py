@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from stemae.domains.windows import R_MIN, annulus, frequency_grid
 from stemae.nn.bundle import load_bundle, save_bundle
 from stemae.nn.lattice import sample_bilinear
 from stemae.nn.transforms import affine_matrix
@@ -32,24 +33,8 @@ from stemae.nn.transforms import affine_matrix
 KIND = "domains"
 #: Radius in frequency pixels of the canonical spectrum's main peak.
 R_CANON = 8.0
-#: Frequencies below this radius (in cycles per window) carry the window's
-#: large-scale shading (illumination, bend contours) and are left out.
-R_MIN = 2.5
 #: Bounds of the residual pose: log scales, shear, rotation (radians).
 RESIDUAL_LIMITS = (0.2, 0.2, 0.1, 0.2)
-
-
-def frequency_grid(crop: int, device=None) -> torch.Tensor:
-    """``(crop, crop, 2)`` frequencies ``(kx, ky)`` in cycles per window, zero at the centre."""
-    k = torch.arange(crop, dtype=torch.float32, device=device) - crop // 2
-    ky, kx = torch.meshgrid(k, k, indexing="ij")
-    return torch.stack([kx, ky], -1)
-
-
-def annulus(crop: int, device=None) -> torch.Tensor:
-    """Boolean ``(crop, crop)``: frequencies from :data:`R_MIN` to the crop's inscribed circle."""
-    r = frequency_grid(crop, device).norm(dim=-1)
-    return (r >= R_MIN) & (r <= crop // 2)
 
 
 def prepare(spectra: torch.Tensor) -> torch.Tensor:

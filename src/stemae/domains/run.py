@@ -108,14 +108,9 @@ def map_domains(
     maps = {k: np.stack([p[k] for p in parts]) for k in parts[0] if k != "centres"}
     labels, info = segment(maps["order"], maps["orientation"], 1.0, n_clusters)
     if window - 2 * (window // 4) >= MIN_HALF_WINDOW:
-        labels = refine_boundaries(labels, boundary_power(images, labels, window, stride, crop, seed),
-                                   np.array(info["type_angles"]))
-        # A stripe type whose windows all lay on boundaries may be left empty: drop it.
-        kept = [k for k in range(1, info["n_clusters"]) if (labels == k).any()]
-        renumber = np.zeros(info["n_clusters"], int)
-        renumber[kept] = np.arange(1, len(kept) + 1)
-        labels = renumber[labels]
-        info.update(n_clusters=1 + len(kept), type_angles=[info["type_angles"][k - 1] for k in kept])
+        labels, modes = refine_boundaries(labels, boundary_power(images, labels, window, stride, crop, seed),
+                                          info["type_angles"])
+        info.update(n_clusters=1 + len(modes), type_angles=[float(a) for a in modes])
     info["order_threshold"] = order_null(window, crop)[1]
     maps["segmentation"] = labels
     maps["centres"] = parts[0]["centres"]

@@ -96,8 +96,7 @@ def segment(order: np.ndarray, orientation: np.ndarray, threshold: float, n_clus
     labels : (T, ny, nx) int: 0 domain-free, then the stripe types by wall
         angle from -90 to 90 degrees
     info : dict: ``n_clusters`` (always counting the domain-free type, which
-        may be empty), ``type_angles`` (the stripe types' mode angles),
-        ``order_threshold``
+        may be empty) and ``type_angles`` (the stripe types' mode angles)
     """
     if n_clusters is not None and n_clusters < 1:
         raise InputError(f"the number of domain types must be at least 1 (the domain-free type), got {n_clusters}")
@@ -108,8 +107,7 @@ def segment(order: np.ndarray, orientation: np.ndarray, threshold: float, n_clus
     labels = np.zeros(order.shape, int)
     if len(modes):
         labels[ordered] = 1 + nearest_mode(orientation[ordered], modes)
-    return labels, {"n_clusters": 1 + len(modes), "type_angles": [float(a) for a in modes],
-                    "order_threshold": float(threshold)}
+    return labels, {"n_clusters": 1 + len(modes), "type_angles": [float(a) for a in modes]}
 
 
 def boundary_mask(labels: np.ndarray) -> np.ndarray:
@@ -129,7 +127,8 @@ def refine_boundaries(labels: np.ndarray, power: np.ndarray, modes: np.ndarray) 
     of the same in that type's interior windows of the frame is that
     squared share. The centre takes the stripe type of the largest share, or
     the domain-free type (when it is a neighbour) if no stripe type covers
-    half the window (a share below 1/4).
+    half the window (a share below 1/4). A stripe type left without windows
+    (all of them on boundaries) is dropped and the others renumbered.
 
     Parameters
     ----------
@@ -142,11 +141,13 @@ def refine_boundaries(labels: np.ndarray, power: np.ndarray, modes: np.ndarray) 
 
     Returns
     -------
-    (T, ny, nx) labels
+    labels : (T, ny, nx)
+    modes : (M',) the wall angles of the stripe types that kept windows
     """
     out = labels.copy()
+    modes = np.asarray(modes, float)
     if len(modes) == 0:
-        return out
+        return out, modes
     S = power.shape[-1]
     sector_angle = (np.arange(S) + 0.5) * 180.0 / S - 90.0  # wall angle of each wave-direction sector
     near = axial_distance(sector_angle[None, :], np.asarray(modes)[:, None]) <= MIN_SEPARATION / 2  # (M, S)
@@ -167,7 +168,10 @@ def refine_boundaries(labels: np.ndarray, power: np.ndarray, modes: np.ndarray) 
             share = typed[i, j, stripes - 1] / ref[stripes - 1]
             best = int(np.argmax(share))
             out[t, i, j] = 0 if (0 in present and share[best] < 0.25) else stripes[best]
-    return out
+    kept = [m for m in range(1, len(modes) + 1) if (out == m).any()]
+    renumber = np.zeros(len(modes) + 1, int)
+    renumber[kept] = np.arange(1, len(kept) + 1)
+    return renumber[out], modes[np.array(kept, int) - 1]
 
 
 def circular_mean(orientation: np.ndarray) -> float:

@@ -42,6 +42,19 @@ NULL_QUANTILE = 0.999
 HARMONIC_SHARE = 0.25
 
 
+def frequency_grid(crop: int, device=None) -> torch.Tensor:
+    """``(crop, crop, 2)`` frequencies ``(kx, ky)`` in cycles per window, zero at the centre."""
+    k = torch.arange(crop, dtype=torch.float32, device=device) - crop // 2
+    ky, kx = torch.meshgrid(k, k, indexing="ij")
+    return torch.stack([kx, ky], -1)
+
+
+def annulus(crop: int, device=None) -> torch.Tensor:
+    """Boolean ``(crop, crop)``: frequencies from :data:`R_MIN` to the crop's inscribed circle."""
+    r = frequency_grid(crop, device).norm(dim=-1)
+    return (r >= R_MIN) & (r <= crop // 2)
+
+
 def default_window(shape) -> int:
     """:data:`DEFAULT_WINDOW`, or the smaller image side (even) if that is less."""
     return min(DEFAULT_WINDOW, min(shape)) // 2 * 2
@@ -150,9 +163,8 @@ def _rings(crop: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     of one of each pair of its pixels that are point reflections of each
     other (a spectrum holds every value twice, so the median of that half
     is the whole ring's)."""
-    k = torch.arange(crop) - crop // 2
-    ring = torch.sqrt((k[:, None] ** 2 + k[None, :] ** 2).float()).round().long().reshape(-1)
-    kx, ky = k[None, :].expand(crop, crop).reshape(-1), k[:, None].expand(crop, crop).reshape(-1)
+    kx, ky = frequency_grid(crop).reshape(-1, 2).unbind(-1)
+    ring = torch.hypot(kx, ky).round().long()
     half = (kx > 0) | ((kx == 0) & (ky >= 0))
     return ring, [torch.nonzero((ring == r) & half)[:, 0] for r in range(int(ring.max()) + 1)]
 
@@ -224,9 +236,8 @@ def spectral_order(spectra: torch.Tensor, floor: float = 0.0) -> tuple[torch.Ten
     mag = torch.expm1(spectra)
     q = whitened_power(spectra, mag)
     qs = _neighbourhood_mean(q)
-    ky, kx = torch.meshgrid(torch.arange(k, device=dev) - h, torch.arange(k, device=dev) - h, indexing="ij")
-    grid = torch.stack([kx, ky], -1).float().reshape(-1, 2)
-    band = ((grid.norm(dim=-1) >= R_MIN) & (grid.norm(dim=-1) <= h))[None]
+    grid = frequency_grid(k, dev).reshape(-1, 2)
+    band = annulus(k, dev).reshape(1, -1)
     # Local maxima only: a streak through zero frequency (a bend contour or
     # an edge crossing the window) rises towards the excluded low
     # frequencies and has none in the band.
@@ -279,16 +290,15 @@ def directional_power(spectra: torch.Tensor, sectors: int = 36) -> torch.Tensor:
     (B, sectors)
     """
     B, k, _ = spectra.shape
-    h = k // 2
     dev = spectra.device
     qs = _neighbourhood_mean(whitened_power(spectra)).reshape(B, -1)
-    ky, kx = torch.meshgrid(torch.arange(k, device=dev) - h, torch.arange(k, device=dev) - h, indexing="ij")
-    r = torch.sqrt((kx**2 + ky**2).float()).reshape(-1)
-    direction = torch.remainder(torch.rad2deg(torch.atan2(ky.float(), kx.float())), 180.0).reshape(-1)
+    kx, ky = frequency_grid(k, dev).reshape(-1, 2).unbind(-1)
+    direction = torch.remainder(torch.rad2deg(torch.atan2(ky, kx)), 180.0)
     sector = (direction / (180.0 / sectors)).long().clamp(max=sectors - 1)
+    band = annulus(k, dev).reshape(-1)
     out = torch.zeros(B, sectors, device=dev)
     for i in range(sectors):
-        m = (sector == i) & (r >= R_MIN) & (r <= h)
+        m = (sector == i) & band
         if m.any():
             out[:, i] = qs[:, m].max(1).values
     return out
@@ -358,10 +368,9 @@ def stripe_periods(images, tile: int = 256, max_tiles: int = 64, seed: int = 0) 
     with torch.no_grad():
         q = whitened_power(spectra_of_windows(patches, hann(tile), crop)).mean(0)
     h = crop // 2
-    k = torch.arange(crop) - h
-    r = torch.sqrt(k.float()[:, None] ** 2 + k.float()[None, :] ** 2)
-    half = (k[:, None] > 0) | ((k[:, None] == 0) & (k[None, :] > 0))  # the other half is its point reflection
-    band = (r >= 4) & (r <= h) & half
+    kx, ky = frequency_grid(crop).unbind(-1)
+    half = (ky > 0) | ((ky == 0) & (kx > 0))  # the other half is its point reflection
+    band = (torch.hypot(kx, ky) >= 4) & (torch.hypot(kx, ky) <= h) & half
     # Whitened noise averaged over n tiles is a gamma variable over its
     # median; one noise bin in a thousand spectra passes this floor.
     n = len(patches)
@@ -438,7 +447,7 @@ def window_stripes(spectra, window: int, batch_size: int = 4096) -> dict[str, np
     k = spectra.shape[-1]
     lead = spectra.shape[:-2]
     flat = torch.as_tensor(np.asarray(spectra, np.float32).reshape(-1, k, k))
-    typical, threshold = order_null(window, k)
+    threshold = order_null(window, k)[1]
     with torch.no_grad():
         parts = [spectral_order(flat[i:i + batch_size], threshold) for i in range(0, len(flat), batch_size)]
     order = torch.cat([p[0] for p in parts]).numpy() / threshold
