@@ -19,8 +19,7 @@ from stemae.geometry import strain_uncertainty
 from stemae.nn.lattice import fit_disk_lattice
 from stemae.simulate.diffraction import diffuse_background
 from stemae.strain.disks import estimate_probe, find_disks
-from stemae.strain.lattice import choose_basis, lattice_points
-from stemae.strain.pooled import beam_centers
+from stemae.strain.pooled import beam_centers, disk_basis
 from stemae.strain.profiles import (
     BACKGROUND_DR,
     DISK_DR,
@@ -39,11 +38,7 @@ def _lattice(pattern: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     origin = beam_centers(pattern[None], radius, center)[0]
     clean = pattern - ring_median_background(pattern, origin, radius + 3)
     d = find_disks(clean[None], radius, origin, min_relative_intensity=0.01, max_peaks=64)
-    v = d["positions"][0] - d["positions"][0, d["central"][0]]
-    w = np.where(np.arange(len(v)) == d["central"][0], 0.0, d["intensity"][0])
-    ok = np.isfinite(v).all(-1) & (w > 0)
-    pts, strength = lattice_points(v[ok], w[ok], radius, float(np.abs(v[ok]).max()) + 2)
-    return origin, choose_basis(pts, strength, min_length=1.5 * radius), radius
+    return origin, disk_basis(d, 0, radius), radius
 
 
 def strain_bound(

@@ -69,14 +69,13 @@ from stemae.nn.transforms import affine_matrix
 from stemae.strain.disks import estimate_probe, find_disks
 from stemae.strain.lattice import (
     align_to_reference,
-    choose_basis,
     fit_lattice,
-    lattice_points,
     relabel_covariance,
     symmetry_angle,
 )
 from stemae.strain.lattice import orientation_search as index_search
-from stemae.strain.pooled import aligned_sum, beam_centers, lattice_check, tile_positions, tile_size
+from stemae.strain.pooled import (aligned_sum, beam_centers, disk_basis, lattice_check, tile_positions,
+                                  tile_size)
 from stemae.strain.profiles import (
     BACKGROUND_DR,
     DISK_DR,
@@ -322,18 +321,6 @@ class CCSTAE(nn.Module):
         return stretch(G[:, None] @ torch.linalg.inv(self.G)[None])
 
 
-def _tile_basis(disks: dict, t: int, radius: float) -> np.ndarray:
-    """A reduced basis (2, 2) from the disks found in summed pattern ``t``
-    (:func:`~stemae.strain.disks.find_disks` output)."""
-    v = disks["positions"][t] - disks["positions"][t, disks["central"][t]]
-    w = np.where(np.arange(len(v)) == disks["central"][t], 0.0, disks["intensity"][t])
-    ok = np.isfinite(v).all(-1) & (w > 0)
-    if not ok.any():
-        raise ValueError("no disks")
-    pts, strength = lattice_points(v[ok], w[ok], radius, float(np.abs(v[ok]).max()) + 2)
-    return choose_basis(pts, strength, min_length=1.5 * radius)
-
-
 def _refine_bases(G: np.ndarray, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Bases re-estimated from many lattices ``G`` (N, 2, 2): each lattice
     goes to the base it matches with least distortion, and each base becomes
@@ -458,7 +445,7 @@ def initialise(data, n_classes: int, n_init: int, seed: int, progress: bool = Fa
     best = -1.0
     for t in strongest:
         try:
-            G_c = _tile_basis(disks, int(t), radius)
+            G_c = disk_basis(disks, int(t), radius)
         except ValueError:
             continue
         score = lattice_check({k: v[t : t + 1] for k, v in disks.items()}, G_c, radius)

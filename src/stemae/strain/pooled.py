@@ -93,6 +93,20 @@ def tile_positions(scan_shape: tuple[int, int], tile: int, n_tiles: int, seed: i
     return corners[:, 0, None] + dr, corners[:, 1, None] + dc
 
 
+def disk_basis(disks: dict, t: int, radius: float) -> np.ndarray:
+    """The reduced basis (2, 2) of the disks found in pattern ``t`` (a sum,
+    usually) around its central beam, weighted by their intensities
+    (:func:`~stemae.strain.disks.find_disks` output; disk radius in px).
+    Raises ``ValueError`` when the pattern shows no Bragg disk."""
+    v = disks["positions"][t] - disks["positions"][t, disks["central"][t]]
+    w = np.where(np.arange(len(v)) == disks["central"][t], 0.0, disks["intensity"][t])
+    ok = np.isfinite(v).all(-1) & (w > 0)
+    if not ok.any():
+        raise ValueError("no Bragg disks found around the central beam: is there a crystal in the scan?")
+    pts, strength = lattice_points(v[ok], w[ok], radius, float(np.abs(v[ok]).max()) + 2)
+    return choose_basis(pts, strength, min_length=1.5 * radius)
+
+
 def lattice_check(disks: dict, G: np.ndarray, radius: float) -> dict:
     """How well a basis explains the disks detected in pooled patterns.
 
@@ -179,11 +193,7 @@ def pooled_basis(data, mask: np.ndarray, *, radius: float | None = None, max_pat
     total = aligned_sum(patterns, c, target)
     d = find_disks((total - ring_median_background(total, target, radius + 3))[None], radius, target,
                    min_relative_intensity=0.02, max_peaks=64)
-    v = d["positions"][0] - d["positions"][0, d["central"][0]]
-    w = np.where(np.arange(len(v)) == d["central"][0], 0.0, d["intensity"][0])
-    ok = np.isfinite(v).all(-1) & (w > 0)
-    pts, strength = lattice_points(v[ok], w[ok], radius, float(np.abs(v[ok]).max()) + 2 if ok.any() else 2 * radius)
-    G = choose_basis(pts, strength, min_length=1.5 * radius)
+    G = disk_basis(d, 0, radius)
     check = lattice_check(d, G, radius)
     check["radius"] = radius
     if not check["ok"]:
