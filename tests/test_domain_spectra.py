@@ -7,6 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
+from stemae.domains.lockin import lock_in, relative_contrast
 from stemae.domains.run import map_domains
 from stemae.domains.windows import (choose_window, hann, order_null, spectra_of_windows, spectral_order,
                                     window_ffts, window_stripes)
@@ -70,6 +71,26 @@ def test_window_holds_four_of_the_longest_periods():
     assert window == pytest.approx(4 * 30, rel=0.06) and window % 2 == 0 and crop == 33
     noise = np.random.default_rng(3).poisson(200, (256, 256)).astype(np.float32)
     assert choose_window(noise)[:2] == (48, 33)  # nothing to size from: the default
+
+
+def test_lock_in_reads_the_share_of_a_region_across_its_wall():
+    """Stripes (period 20 px, walls at 30 degrees, contrast 0.1) fill the
+    left half of a Poisson image under an illumination gradient, the right
+    half is domain-free: the lock-in at the stripes' wave reads half their
+    contrast inside, half of that on the wall, near nothing a period beyond
+    it, and near nothing for the wave at 90 degrees to it."""
+    period, angle, contrast = 20.0, 30.0, 0.1
+    yy, xx = np.mgrid[0:256, 0:256].astype(float)
+    t = np.deg2rad(angle)
+    wave = np.array([-np.sin(t), np.cos(t)]) / period
+    stripes = np.where(xx < 128, contrast * np.cos(2 * np.pi * (wave[0] * xx + wave[1] * yy)), 0.0)
+    image = np.random.default_rng(3).poisson(200 * (1 + stripes) * (1 + 0.3 * xx / 256)).astype(np.float32)
+    points = np.array([[128, 64], [128, 128], [128, 128 + 2 * period], [128, 40]])
+    waves = np.array([wave, wave, wave, [wave[1], -wave[0]]])
+    amp = lock_in(relative_contrast(image, period), points, waves, np.full(4, 0.5 * period))
+    np.testing.assert_allclose(amp[0], contrast / 2, rtol=0.1)
+    np.testing.assert_allclose(amp[1] / amp[0], 0.5, atol=0.08)
+    assert amp[2] < 0.1 * amp[0] and amp[3] < 0.1 * amp[0]
 
 
 def test_independent_generator_is_mapped():

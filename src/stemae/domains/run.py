@@ -12,7 +12,9 @@ from tqdm.auto import tqdm
 
 from stemae.data.results import atomic_path, write_results
 from stemae.domains import model as ae
-from stemae.domains.segment import boundary_mask, domain_statistics, refine_boundaries, segment
+from stemae.domains.lockin import LOCK_IN_WIDTH, lock_in, relative_contrast
+from stemae.domains.segment import (REFERENCE_GUARD, assign_walls, boundary_mask, domain_statistics, drop_empty_types,
+                                    refine_boundaries, segment, wall_pairs)
 from stemae.domains.windows import (check_windowing, choose_window, half_window_power, order_null, window_ffts,
                                    window_stripes)
 from stemae.errors import InputError
@@ -108,9 +110,11 @@ def map_domains(
     maps = {k: np.stack([p[k] for p in parts]) for k in parts[0] if k != "centres"}
     labels, info = segment(maps["order"], maps["orientation"], 1.0, n_clusters)
     if window - 2 * (window // 4) >= MIN_HALF_WINDOW:
-        labels, modes = refine_boundaries(labels, boundary_power(images, labels, window, stride, crop, seed),
-                                          info["type_angles"])
-        info.update(n_clusters=1 + len(modes), type_angles=[float(a) for a in modes])
+        labels = refine_boundaries(labels, boundary_power(images, labels, window, stride, crop, seed),
+                                   info["type_angles"])
+    labels = refine_walls(images, labels, maps["orientation"], maps["period"], parts[0]["centres"])
+    labels, modes = drop_empty_types(labels, info["type_angles"])
+    info.update(n_clusters=1 + len(modes), type_angles=[float(a) for a in modes])
     info["order_threshold"] = order_null(window, crop)[1]
     maps["segmentation"] = labels
     maps["centres"] = parts[0]["centres"]
@@ -150,6 +154,48 @@ def boundary_power(images: np.ndarray, labels: np.ndarray, window: int, stride: 
         if len(where):
             power[t, where[:, 0], where[:, 1]] = half_window_power(frame, window, stride, crop, where, SECTORS)
     return power
+
+
+def refine_walls(images: np.ndarray, labels: np.ndarray, orientation: np.ndarray, period: np.ndarray,
+                 centres: np.ndarray) -> np.ndarray:
+    """Types of the windows on boundaries from the lock-in amplitude
+    (:func:`~stemae.domains.lockin.lock_in`) of their neighbours' stripe
+    waves: each interior window of a neighbouring type (its fundamental
+    wave, a Gaussian of :data:`~stemae.domains.lockin.LOCK_IN_WIDTH`
+    periods) is read at the boundary window's centre and at its own; the
+    ratio is the share of the boundary window's centre that type covers
+    (:func:`~stemae.domains.segment.assign_walls`).
+
+    Parameters
+    ----------
+    images : (T, H, W)
+    labels, orientation, period : (T, ny, nx) types, wall angles (degrees)
+        and periods (px) of the windows
+    centres : (ny, nx, 2) window centres ``(y, x)``, px
+
+    Returns
+    -------
+    (T, ny, nx) types
+    """
+    out = labels.copy()
+    edges = boundary_mask(labels)
+    theta = np.deg2rad(orientation)
+    waves = np.stack([-np.sin(theta), np.cos(theta)], -1) / period[..., None]
+    sigma = LOCK_IN_WIDTH * period
+    for t, frame in enumerate(images):
+        pairs = wall_pairs(labels[t], edges[t])
+        if not len(pairs):
+            continue
+        contrast = relative_contrast(frame, float(np.nanmax(period[t][labels[t] > 0])))
+        inner = (labels[t] > 0) & ~edges[t]
+        own = np.full(labels.shape[1:], np.nan)
+        own[inner] = lock_in(contrast, centres[inner], waves[t][inner], sigma[t][inner])
+        typical = {s: np.median(own[inner & (labels[t] == s)]) for s in np.unique(labels[t][inner])}
+        a, b = pairs[:, 3], pairs[:, 4]
+        at_edge = lock_in(contrast, centres[pairs[:, 0], pairs[:, 1]], waves[t][a, b], sigma[t][a, b])
+        usable = own[a, b] >= REFERENCE_GUARD * np.array([typical[s] for s in pairs[:, 2]])
+        out[t] = assign_walls(labels[t], pairs, at_edge / np.maximum(own[a, b], 1e-12), usable)
+    return out
 
 
 DESCRIPTIONS = {

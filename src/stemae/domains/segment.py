@@ -22,6 +22,13 @@ ANGLE_KERNEL = 4.0
 MIN_SEPARATION = 15.0
 #: A type holds at least this share of the windows of some frame.
 MIN_SHARE = 0.03
+#: A boundary window's share of a type is measured against that type's
+#: interior windows up to this many grid steps away.
+REACH = 2
+#: Interior windows whose wave is weaker than this share of their type's
+#: median in the frame (a false alarm next to a wall, a bend contour) are
+#: no reference for a boundary window.
+REFERENCE_GUARD = 0.6
 
 
 def angle_modes(orientation: np.ndarray, frame: np.ndarray, frame_sizes: np.ndarray, n_types: int | None = None
@@ -127,8 +134,7 @@ def refine_boundaries(labels: np.ndarray, power: np.ndarray, modes: np.ndarray) 
     of the same in that type's interior windows of the frame is that
     squared share. The centre takes the stripe type of the largest share, or
     the domain-free type (when it is a neighbour) if no stripe type covers
-    half the window (a share below 1/4). A stripe type left without windows
-    (all of them on boundaries) is dropped and the others renumbered.
+    half the window (a share below 1/4).
 
     Parameters
     ----------
@@ -141,13 +147,11 @@ def refine_boundaries(labels: np.ndarray, power: np.ndarray, modes: np.ndarray) 
 
     Returns
     -------
-    labels : (T, ny, nx)
-    modes : (M',) the wall angles of the stripe types that kept windows
+    (T, ny, nx) types
     """
     out = labels.copy()
-    modes = np.asarray(modes, float)
     if len(modes) == 0:
-        return out, modes
+        return out
     S = power.shape[-1]
     sector_angle = (np.arange(S) + 0.5) * 180.0 / S - 90.0  # wall angle of each wave-direction sector
     near = axial_distance(sector_angle[None, :], np.asarray(modes)[:, None]) <= MIN_SEPARATION / 2  # (M, S)
@@ -168,10 +172,83 @@ def refine_boundaries(labels: np.ndarray, power: np.ndarray, modes: np.ndarray) 
             share = typed[i, j, stripes - 1] / ref[stripes - 1]
             best = int(np.argmax(share))
             out[t, i, j] = 0 if (0 in present and share[best] < 0.25) else stripes[best]
-    kept = [m for m in range(1, len(modes) + 1) if (out == m).any()]
+    return out
+
+
+def drop_empty_types(labels: np.ndarray, modes) -> tuple[np.ndarray, np.ndarray]:
+    """Stripe types left without windows (all of theirs were on boundaries
+    and went to their neighbours) dropped, the others renumbered in order.
+
+    Parameters
+    ----------
+    labels : (T, ny, nx) types, 0 domain-free
+    modes : (M,) the stripe types' wall angles, degrees
+
+    Returns
+    -------
+    labels : (T, ny, nx)
+    modes : (M',) the wall angles of the stripe types that kept windows
+    """
+    modes = np.asarray(modes, float)
+    kept = [m for m in range(1, len(modes) + 1) if (labels == m).any()]
     renumber = np.zeros(len(modes) + 1, int)
     renumber[kept] = np.arange(1, len(kept) + 1)
-    return renumber[out], modes[np.array(kept, int) - 1]
+    return renumber[labels], modes[np.array(kept, int) - 1]
+
+
+def wall_pairs(labels: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The references of one frame's boundary windows.
+
+    Parameters
+    ----------
+    labels, edges : (ny, nx) types and :func:`boundary_mask` of one frame
+
+    Returns
+    -------
+    (P, 5) int rows ``(i, j, type, a, b)``: boundary window ``(i, j)``, a
+    stripe type in its 3x3 neighbourhood, and an interior window ``(a, b)``
+    of that type at most :data:`REACH` grid steps away
+    """
+    rows = []
+    for i, j in np.argwhere(edges):
+        present = np.unique(labels[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2])
+        i0, j0 = max(i - REACH, 0), max(j - REACH, 0)
+        box = np.s_[i0:i + REACH + 1, j0:j + REACH + 1]
+        for s in present[present > 0]:
+            for a, b in np.argwhere((labels[box] == s) & ~edges[box]):
+                rows.append((i, j, s, a + i0, b + j0))
+    return np.array(rows, int).reshape(-1, 5)
+
+
+def assign_walls(labels: np.ndarray, pairs: np.ndarray, share: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """Types of one frame's boundary windows from their shares of each type.
+
+    A boundary window's share of a stripe type is the median of ``share``
+    over its usable references of that type; it takes the type of the
+    largest share, or the domain-free type (when that is a neighbour) if no
+    share reaches one half (the centre lies outside every stripe region). A
+    window without usable references keeps its type.
+
+    Parameters
+    ----------
+    labels : (ny, nx) types of one frame
+    pairs : (P, 5) from :func:`wall_pairs`
+    share : (P,) the reference's wave at the boundary window over at its own centre
+    usable : (P,) bool, the reference passed :data:`REFERENCE_GUARD`
+
+    Returns
+    -------
+    (ny, nx) types
+    """
+    out = labels.copy()
+    pairs, share = pairs[usable], share[usable]
+    for i, j in np.unique(pairs[:, :2], axis=0):
+        mine = (pairs[:, 0] == i) & (pairs[:, 1] == j)
+        types = np.unique(pairs[mine, 2])
+        med = np.array([np.median(share[mine & (pairs[:, 2] == s)]) for s in types])
+        free = (labels[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2] == 0).any()
+        out[i, j] = 0 if free and med.max() < 0.5 else types[np.argmax(med)]
+    return out
 
 
 def circular_mean(orientation: np.ndarray) -> float:
