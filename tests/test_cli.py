@@ -75,6 +75,44 @@ def test_bad_input_gives_one_clear_error(tmp_path, args, message):
     assert not (tmp_path / "o" / "strain.zarr").exists()
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["strain", "{missing}", "--out", "{file}"], "exists and is not a folder"),
+        (["strain", "{missing}", "--out", "{file}/sub"], "is a file"),
+        (["predict", "{missing}", "--model", "{missing}", "--out", "{file}"], "exists and is not a folder"),
+        (["train", "{missing}", "--model", "{file}"], "exists and is not a folder"),
+        (["train", "{missing}", "--model", "{folder}"], "did not write; refusing to replace it"),
+        (["simulate", "{folder}"], "is a folder"),
+        (["simulate-domains", "{file}"], "exists and is not a folder"),
+        (["domains", "{missing}", "--out", "{file}"], "exists and is not a folder"),
+        (["demo", "--out", "{file}"], "exists and is not a folder"),
+    ],
+)
+def test_outputs_are_checked_before_anything_is_read(tmp_path, args, message):
+    """A bad output path is refused before the input is even opened (the
+    input here does not exist, and the error is about the output), with no
+    traceback, nothing written and nothing of the user's replaced."""
+    (tmp_path / "file").write_text("keep me")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.txt").write_text("keep me too")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    args = [a.format(missing=tmp_path / "missing.h5", file=tmp_path / "file", folder=tmp_path / "folder")
+            for a in args]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+def test_version():
+    from stemae import __version__
+
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"stemae {__version__}"
+
+
 def test_info_reads_without_loading(tmp_path):
     d = tmp_path / "s.zarr"
     assert runner.invoke(app, ["simulate", str(d), "--scan", "3x5", "--pattern", "64x80", "--dose", "0"]).exit_code == 0
@@ -97,6 +135,12 @@ def test_train_then_predict_with_a_bundle(tmp_path):
     arrays, attrs = read_results(out / "strain.zarr")
     assert attrs["method"] == "ccstae"
     assert arrays["probabilities"].shape == (16, 16, 2) and arrays["bases"].shape == (2, 2, 2)
+    # The store says which bundle made it, by path and by its weights' checksum.
+    import hashlib
+
+    assert attrs["bundle"]["path"] == str(model.resolve())
+    assert attrs["bundle"]["weights_sha256"] == hashlib.sha256((model / "weights.safetensors").read_bytes()).hexdigest()
+    assert attrs["command"].split()[0] and attrs["stemae_version"] and attrs["source"].startswith(str(data))
     from stemae.data import read_datacube
 
     truth = read_datacube(data).extra["truth"]
@@ -126,6 +170,18 @@ def test_ccstae_is_the_default_and_writes_its_extras(tmp_path):
     assert arrays["disk_intensity"].shape == (12, 12, J) and np.nanmedian(arrays["disk_intensity"]) > 0
     for png in ("loss.png", "uncertainty_maps.png", "virtual_dark_field.png", "reference_lattice.png"):
         assert (out / png).exists()
+    # The trained model is kept beside its results, and the store names it.
+    from stemae.strain import ccstae
+
+    assert ccstae.load(out / "model").K == 1 and attrs["bundle"]["path"] == str((out / "model").resolve())
+    # A classical run into the same folder leaves no figure of the earlier
+    # method behind (the model stays: it is the user's).
+    r = runner.invoke(app, ["strain", str(data), "--out", str(out), "--no-progress", "--method", "xcorr"])
+    assert r.exit_code == 0, r.output
+    assert read_results(out / "strain.zarr")[1]["method"] == "xcorr"
+    assert (out / "strain_maps.png").exists() and (out / "model" / "config.json").exists()
+    for png in ("loss.png", "virtual_dark_field.png", "phase_map.png", "bases.png"):
+        assert not (out / png).exists()
     # The measured profiles instead of their pseudo-Voigt fits.
     r = runner.invoke(app, ["strain", str(data), "--out", str(tmp_path / "t"), "--no-progress", "--epochs", "1",
                             "--refine", "template"])
@@ -174,7 +230,9 @@ def test_domains_series_end_to_end(tmp_path):
     r = runner.invoke(app, ["domains", *map(str, frames), "--init", str(out / "model"), "--epochs", "0",
                             "--out", str(again), "--no-progress"])
     assert r.exit_code == 0, r.output
-    assert read_results(again / "domains.zarr")[1]["window"] == attrs["window"]
+    again_attrs = read_results(again / "domains.zarr")[1]
+    assert again_attrs["window"] == attrs["window"]
+    assert again_attrs["init"]["path"] == str((out / "model").resolve())
 
 
 def test_domains_bad_input_is_one_clear_error(tmp_path):

@@ -41,6 +41,31 @@ def _box(text: Optional[str]):
     return ((r0, r1), (c0, c1))
 
 
+def _version(value: bool) -> None:
+    if value:
+        from stemae import __version__
+
+        typer.echo(f"stemae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+):
+    """Strain, phase and domain maps from STEM data."""
+
+
+def _check_output(path: Path, kind: str = "folder", replaceable: Optional[str] = None) -> None:
+    from stemae.data.results import check_output
+
+    try:
+        check_output(path, kind, replaceable)
+    except InputError as e:
+        _fail(e)
+
+
 def _fail(e: Exception) -> None:
     typer.secho(f"error: {e}", fg="red", err=True)
     raise typer.Exit(2)
@@ -64,6 +89,7 @@ def simulate(
     from stemae.data import write_datacube
     from stemae.simulate import PRESETS
 
+    _check_output(out, "folder" if out.suffix == ".zarr" else "file")
     try:
         if preset not in PRESETS:
             raise InputError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
@@ -118,9 +144,11 @@ def strain(
     scan_shape: ScanShapeOpt = None,
     progress: ProgressOpt = True,
 ):
-    """Map strain and rotation (and phase, for ccstae); writes OUT/strain.zarr and PNG figures."""
+    """Map strain and rotation (and phase, for ccstae); writes OUT/strain.zarr, PNG figures and, for ccstae,
+    the trained bundle OUT/model."""
     from stemae.strain.run import run_strain
 
+    _check_output(out)
     try:
         cube = _open(input, dataset, scan_shape)
         t0 = time.perf_counter()
@@ -153,9 +181,11 @@ def train(
     progress: ProgressOpt = True,
 ):
     """Train a CC-ST-AE on a datacube and save it as a bundle for `stemae predict`."""
+    from stemae.nn.bundle import CONFIG
     from stemae.strain import ccstae
     from stemae.strain.run import train_model
 
+    _check_output(model, replaceable=CONFIG)
     try:
         cube = _open(input, dataset, scan_shape)
         net, record = train_model(cube, classes=classes, epochs=epochs, refine=refine, seed=seed, device=device,
@@ -179,9 +209,11 @@ def predict(
     progress: ProgressOpt = True,
 ):
     """Map strain and phase of a datacube with a trained bundle."""
+    from stemae.nn.bundle import bundle_provenance
     from stemae.strain import ccstae
     from stemae.strain.run import predict_strain
 
+    _check_output(out)
     try:
         net = ccstae.load(model, profile=refine)
         cube = _open(input, dataset, scan_shape)
@@ -191,7 +223,8 @@ def predict(
                 f"on {net.pattern_shape[0]}x{net.pattern_shape[1]}"
             )
         t0 = time.perf_counter()
-        res = predict_strain(net, cube, out, reference=_box(reference), device=device, progress=progress)
+        res = predict_strain(net, cube, out, reference=_box(reference), device=device, progress=progress,
+                             bundle=bundle_provenance(model))
     except (InputError, ValueError) as e:
         _fail(e)
     _report(res, time.perf_counter() - t0, out)
@@ -212,6 +245,7 @@ def demo(
     from stemae.strain.run import run_strain
     from stemae.viz import plot_strain_maps
 
+    _check_output(out)
     t0 = time.perf_counter()
     sim = heterostructure(_shape(scan, "--scan"), _shape(pattern, "--pattern"), dose=dose, seed=seed)
     Ry, Rx = sim.data.shape[:2]
@@ -255,6 +289,7 @@ def simulate_domains(
     from stemae.data.results import atomic_path
     from stemae.simulate.domains import DOMAIN_TYPES, simulate_domain_series
 
+    _check_output(out)
     try:
         temps = [float(v) for v in temperatures.split(",")]
     except ValueError:
@@ -300,12 +335,12 @@ def domains(
     from stemae.data.images import read_images
     from stemae.domains.model import load_model
     from stemae.domains.run import map_domains, parse_labels, write_domain_results
+    from stemae.nn.bundle import bundle_provenance
     from stemae.nn.device import resolve_device
 
+    _check_output(out)
     t0 = time.perf_counter()
     try:
-        if out.exists() and not out.is_dir():
-            raise InputError(f"--out {out} exists and is not a folder")
         dev = resolve_device(device)
         stack, names = read_images(images)
         frame_labels, kind = parse_labels(labels, len(stack))
@@ -314,6 +349,8 @@ def domains(
                                         init_window=cfg.get("window"), n_clusters=clusters, epochs=epochs,
                                         latent=latent, l1=l1, l1_start=l1_start, l1_ramp=l1_ramp, seed=seed,
                                         device=dev, progress=progress)
+        if init is not None:
+            info["init"] = bundle_provenance(init)
         write_domain_results(out, stack, names, frame_labels, label_name if labels else "frame", maps, info,
                              model)
     except (InputError, ValueError, OSError) as e:

@@ -2,7 +2,9 @@
 
 A results store is a zarr group with one array per map. Each array carries
 ``units`` and ``description`` attributes; the group carries the conventions,
-the method and its parameters, the calibration and the stemae version.
+the method and its parameters, the calibration, and its provenance: the
+stemae version, the command, the time it was written, the input and, where
+a model made it, the bundle and its weights' checksum.
 Nothing is ever half-written in place of a good result: every writer builds
 its output beside the target and swaps it in only when complete.
 """
@@ -10,7 +12,9 @@ its output beside the target and swaps it in only when complete.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
+import sys
 import shutil
 import uuid
 from pathlib import Path
@@ -40,6 +44,9 @@ def atomic_path(path):
     except BaseException:
         _remove(tmp)
         raise
+    if path.exists() and not path.is_dir() and tmp.is_dir():
+        _remove(tmp)
+        raise InputError(f"{path} exists and is not a folder")
     if path.is_dir() and not path.is_symlink():
         old = path.with_name(f".{path.name}.old-{tag}")
         os.replace(path, old)
@@ -52,6 +59,42 @@ def atomic_path(path):
         _remove(old)
     else:
         os.replace(tmp, path)
+
+
+def check_output(path, kind: str = "folder", replaceable: str | None = None) -> Path:
+    """Refuse an output path that cannot be written, before any computation.
+
+    Parameters
+    ----------
+    path : the folder or file a command will write
+    kind : ``"folder"`` or ``"file"``
+    replaceable : for a folder that is replaced as a whole (a model
+        bundle): the file that marks one written by stemae (e.g.
+        ``"config.json"``); an existing folder without it, and not empty,
+        is refused rather than replaced
+
+    Raises
+    ------
+    InputError
+        The path is the other kind; an existing parent is a file; the nearest
+        existing folder is not writable; or a folder to be replaced is not one
+        stemae wrote.
+    """
+    path = Path(path)
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise InputError(f"{path} exists and is not a folder")
+    if kind == "file" and path.is_dir():
+        raise InputError(f"{path} is a folder; give a file name")
+    if replaceable is not None and path.is_dir() and any(path.iterdir()) and not (path / replaceable).is_file():
+        raise InputError(f"{path} is a folder that stemae did not write; refusing to replace it (choose a new name)")
+    parent = path if kind == "folder" else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"cannot create {path}: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {path}: {parent} is not writable")
+    return path
 
 
 def _remove(p: Path) -> None:
@@ -91,9 +134,13 @@ def write_results(path, arrays: dict, attrs: dict | None = None) -> Path:
     path = Path(path)
     if path.exists() and not _is_results(path):
         raise InputError(f"{path} exists and is not a stemae results store; refusing to overwrite it")
+    from stemae import __version__
+
+    attrs = {"stemae_version": __version__, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **(attrs or {})}
     with atomic_path(path) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
-        root.attrs.update(_jsonable({"kind": RESULTS_KIND, **(attrs or {})}))
+        root.attrs.update(_jsonable({"kind": RESULTS_KIND, **attrs}))
         for name, (arr, units, description) in arrays.items():
             arr = np.asarray(arr)
             z = root.create_array(name, shape=arr.shape, dtype=arr.dtype)

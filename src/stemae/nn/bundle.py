@@ -55,6 +55,14 @@ def save_bundle(path, kind: str, config: dict, tensors: dict[str, torch.Tensor])
     return path
 
 
+def bundle_provenance(path) -> dict:
+    """What a results store records of the bundle that made it: its absolute
+    path and its weights' SHA-256."""
+    path = Path(path)
+    meta = json.loads((path / CONFIG).read_text())
+    return {"path": str(path.resolve()), "weights_sha256": meta["weights_sha256"]}
+
+
 def load_bundle(path, kind: str | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """Read a bundle: ``(config, tensors)``.
 

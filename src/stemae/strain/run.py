@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from stemae import __version__
 from stemae.data import Datacube, write_results
 from stemae.errors import InputError
 from stemae.nn.device import resolve_device
 from stemae.geometry import CONVENTIONS, reference_mask
+from stemae.nn.bundle import bundle_provenance
 from stemae.strain import ccstae
 from stemae.strain.classical import map_strain
 from stemae.data.blocks import read_patterns
@@ -26,6 +26,11 @@ from stemae.viz import (
 )
 
 METHODS = ("ccstae", "xcorr", "com")
+#: Every figure a strain run may write; those a run does not write are
+#: removed from its folder, so no figure of an earlier run stays beside
+#: new results.
+FIGURES = ("strain_maps.png", "uncertainty_maps.png", "reference_lattice.png", "phase_map.png", "bases.png",
+           "virtual_dark_field.png", "loss.png")
 
 ARRAY_INFO = {
     "e_xx": ("1", "normal strain along x, U_xx - 1"),
@@ -63,8 +68,10 @@ def train_model(datacube: Datacube, *, classes: int = 1, epochs: int = 3, refine
 
 
 def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, device: str = "cpu", progress: bool = False,
-                   record: dict | None = None) -> dict:
-    """Map strain and phase with a trained CC-ST-AE and write the results."""
+                   record: dict | None = None, bundle: dict | None = None) -> dict:
+    """Map strain and phase with a trained CC-ST-AE and write the results
+    (``bundle``: :func:`~stemae.nn.bundle.bundle_provenance` of the model's
+    bundle, recorded in the store)."""
     pred = ccstae.predict(model, datacube.data, device=resolve_device(device), progress=progress)
     res = ccstae.map_strain(pred, reference)
     res["bases"] = model.G.detach().cpu().numpy()
@@ -73,15 +80,17 @@ def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, device
     res["method"] = "ccstae"
     if record is not None:
         res["loss"] = np.asarray(record["loss"], dtype=np.float32)
-    write_strain_results(datacube, out_dir, res, reference,
-                         extra_attrs={"training": record or {}, "disk_profile": model.profile})
     out_dir = Path(out_dir)
-    plot_phase_map(res["phase"], res["probabilities"], out_dir / "phase_map.png")
-    plot_bases(res["bases"], res["hk"], res["radius"], datacube.pattern_shape,
-               model.center.cpu().numpy(), out_dir / "bases.png")
-    plot_virtual_dark_field(res["disk_intensity"], res["hk"], out_dir / "virtual_dark_field.png")
-    if record is not None:
-        plot_loss(record["loss"], out_dir / "loss.png")
+    written = write_strain_results(datacube, out_dir, res, reference,
+                                   extra_attrs={"training": record or {}, "disk_profile": model.profile,
+                                                **({"bundle": bundle} if bundle else {})})
+    written += [plot_phase_map(res["phase"], res["probabilities"], out_dir / "phase_map.png"),
+                plot_bases(res["bases"], res["hk"], res["radius"], datacube.pattern_shape,
+                           model.center.cpu().numpy(), out_dir / "bases.png"),
+                plot_virtual_dark_field(res["disk_intensity"], res["hk"], out_dir / "virtual_dark_field.png")]
+    if record is not None and record["loss"]:
+        written.append(plot_loss(record["loss"], out_dir / "loss.png"))
+    clear_stale_figures(out_dir, written)
     return res
 
 
@@ -109,16 +118,28 @@ def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference
     if method == "ccstae":
         model, record = train_model(datacube, classes=classes, epochs=epochs, refine=refine, seed=seed,
                                     device=device, progress=progress)
+        path = ccstae.save(model, Path(out_dir) / "model", record)
         return predict_strain(model, datacube, out_dir, reference=reference, device=device, progress=progress,
-                              record=record)
+                              record=record, bundle=bundle_provenance(path))
     res = map_strain(datacube.data, method=method, reference=reference, progress=progress)
-    write_strain_results(datacube, out_dir, res, reference)
+    clear_stale_figures(out_dir, write_strain_results(datacube, out_dir, res, reference))
     return res
 
 
-def write_strain_results(datacube: Datacube, out_dir, res: dict, reference, extra_attrs: dict | None = None) -> None:
+def clear_stale_figures(out_dir, written) -> None:
+    """Remove the :data:`FIGURES` in ``out_dir`` that this run did not write."""
+    keep = {Path(p).name for p in written}
+    for name in FIGURES:
+        if name not in keep:
+            (Path(out_dir) / name).unlink(missing_ok=True)
+
+
+def write_strain_results(datacube: Datacube, out_dir, res: dict, reference, extra_attrs: dict | None = None
+                         ) -> list[Path]:
     """``strain.zarr`` (maps with units and descriptions, conventions and
-    metadata as attributes), ``strain_maps.png`` and ``reference_lattice.png``."""
+    metadata as attributes), ``strain_maps.png``, ``uncertainty_maps.png``
+    (where the method gives uncertainties) and ``reference_lattice.png``;
+    returns the figures' paths."""
     out_dir = Path(out_dir)
     mask = reference_mask(datacube.scan_shape, reference)
     arrays = {k: (res[k], *ARRAY_INFO[k]) for k in ARRAY_INFO if k in res}
@@ -132,14 +153,13 @@ def write_strain_results(datacube: Datacube, out_dir, res: dict, reference, extr
         "source": datacube.source,
         "scan_shape": list(datacube.scan_shape),
         "pattern_shape": list(datacube.pattern_shape),
-        "stemae_version": __version__,
         **({"indexing": res["indexing"]} if "indexing" in res else {}),
         **(extra_attrs or {}),
     }
     write_results(out_dir / "strain.zarr", arrays, attrs)
-    plot_strain_maps(res, out_dir / "strain_maps.png", res["valid"], title=f"strain ({res['method']})")
+    written = [plot_strain_maps(res, out_dir / "strain_maps.png", res["valid"], title=f"strain ({res['method']})")]
     if "sigma_e_xx" in res:
-        plot_uncertainty_maps(res, out_dir / "uncertainty_maps.png", res["valid"])
+        written.append(plot_uncertainty_maps(res, out_dir / "uncertainty_maps.png", res["valid"]))
     cells = np.argwhere(mask & res["valid"])
     if len(cells):
         # The reference lattice on the region's patterns summed on their
@@ -150,5 +170,7 @@ def write_strain_results(datacube: Datacube, out_dir, res: dict, reference, extr
         target = np.round(np.median(origins, 0))
         total = aligned_sum(patterns, origins, target)
         shift = np.median(origins - np.round(origins), 0)
-        plot_lattice(total, target + shift, res["g_ref"], res["radius"], out_dir / "reference_lattice.png",
-                     title=f"reference lattice on the sum of {len(cells)} reference patterns")
+        written.append(plot_lattice(total, target + shift, res["g_ref"], res["radius"],
+                                    out_dir / "reference_lattice.png",
+                                    title=f"reference lattice on the sum of {len(cells)} reference patterns"))
+    return written
