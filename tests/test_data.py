@@ -177,11 +177,12 @@ def test_nan_and_inf_are_reported_with_position(small_cube):
 
 def test_results_round_trip_and_atomic_replace(tmp_path):
     p = tmp_path / "strain.zarr"
-    write_results(p, {"e_xx": (np.ones((2, 3), np.float32), "1", "strain")}, {"method": "xcorr"})
+    write_results(p, {"e_xx": (np.ones((2, 3), np.float32), "1", "strain", ("scan_y", "scan_x"))},
+                  {"method": "xcorr"})
     arrays, attrs = read_results(p)
     assert attrs["method"] == "xcorr" and attrs["arrays"]["e_xx"]["units"] == "1"
 
-    bad = {"e_xx": (np.zeros((2, 3)), "1", "x"), "oops": (object(), "1", "not an array")}
+    bad = {"e_xx": (np.zeros((2, 3)), "1", "x", ("a", "b")), "oops": (object(), "1", "not an array", ())}
     with pytest.raises(Exception):
         write_results(p, bad, {"method": "broken"})
     arrays, attrs = read_results(p)  # the good result is still there, untouched
@@ -190,11 +191,33 @@ def test_results_round_trip_and_atomic_replace(tmp_path):
     assert [q.name for q in tmp_path.iterdir()] == ["strain.zarr"]  # no leftovers
 
 
+def test_results_store_is_zarr_format_2_with_dimension_names(tmp_path):
+    """The store is in zarr's version 2 format, which zarr 2 (py4DSTEM's
+    environments) reads as well as zarr 3: metadata in .zgroup/.zarray/.zattrs
+    JSON, and each array's dimension names where xarray looks for them."""
+    import json
+
+    import zarr
+
+    p = tmp_path / "strain.zarr"
+    write_results(p, {"e_xx": (np.arange(6, dtype=np.float32).reshape(2, 3), "1", "strain", ("scan_y", "scan_x"))},
+                  {"method": "xcorr"})
+    assert json.loads((p / ".zgroup").read_text())["zarr_format"] == 2
+    assert json.loads((p / "e_xx" / ".zarray").read_text())["shape"] == [2, 3]
+    meta = json.loads((p / "e_xx" / ".zattrs").read_text())
+    assert meta["_ARRAY_DIMENSIONS"] == ["scan_y", "scan_x"] and meta["units"] == "1"
+    assert not (p / "zarr.json").exists()
+    z = zarr.open_group(str(p), mode="r", zarr_format=2)
+    np.testing.assert_array_equal(z["e_xx"][...], np.arange(6).reshape(2, 3))
+    with pytest.raises(ValueError, match="1 dimension names for 2 dimensions"):
+        write_results(tmp_path / "x.zarr", {"e": (np.zeros((2, 2)), "1", "", ("i",))})
+
+
 def test_results_refuse_to_overwrite_foreign_data(tmp_path, small_cube):
     p = tmp_path / "mine.zarr"
     write_datacube(p, small_cube)
     with pytest.raises(InputError, match="not a stemae results store"):
-        write_results(p, {"e": (np.zeros(2), "1", "")})
+        write_results(p, {"e": (np.zeros(2), "1", "", ("i",))})
     assert read_datacube(p).data.shape == small_cube.shape
 
 

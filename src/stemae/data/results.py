@@ -1,7 +1,9 @@
 """Results stores and atomic writes.
 
-A results store is a zarr group with one array per map. Each array carries
-``units`` and ``description`` attributes; the group carries the conventions,
+A results store is a zarr group in the version 2 format (which zarr 2 and
+zarr 3 both read) with one array per map. Each array carries ``units`` and
+``description`` attributes and its dimension names (``_ARRAY_DIMENSIONS``,
+the convention xarray reads); the group carries the conventions,
 the method and its parameters, the calibration, and its provenance: the
 stemae version, the command, the time it was written, the input and, where
 a model made it, the bundle and its weights' checksum.
@@ -125,7 +127,7 @@ def write_results(path, arrays: dict, attrs: dict | None = None) -> Path:
         Target ``.zarr`` directory. An existing stemae results store there
         is replaced only once the new one is complete; anything else there
         is refused rather than overwritten.
-    arrays : dict of {name: (ndarray, units, description)}
+    arrays : dict of {name: (ndarray, units, description, dimension names)}
     attrs : dict, optional
         Group attributes (JSON-serialisable after NumPy conversion).
     """
@@ -139,13 +141,15 @@ def write_results(path, arrays: dict, attrs: dict | None = None) -> Path:
     attrs = {"stemae_version": __version__, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **(attrs or {})}
     with atomic_path(path) as tmp:
-        root = zarr.open_group(str(tmp), mode="w")
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         root.attrs.update(_jsonable({"kind": RESULTS_KIND, **attrs}))
-        for name, (arr, units, description) in arrays.items():
+        for name, (arr, units, description, dims) in arrays.items():
             arr = np.asarray(arr)
+            if len(dims) != arr.ndim:
+                raise ValueError(f"{name}: {len(dims)} dimension names for {arr.ndim} dimensions")
             z = root.create_array(name, shape=arr.shape, dtype=arr.dtype)
             z[...] = arr
-            z.attrs.update({"units": units, "description": description})
+            z.attrs.update({"units": units, "description": description, "_ARRAY_DIMENSIONS": list(dims)})
     return path
 
 

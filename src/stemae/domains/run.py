@@ -198,23 +198,27 @@ def refine_walls(images: np.ndarray, labels: np.ndarray, orientation: np.ndarray
     return out
 
 
+#: Dimension names in the results store: per window, per frame and type.
+WINDOWS = ("frame", "window_y", "window_x")
+PER_TYPE = ("frame", "type")
+#: Units, description and dimension names of every array of a domains store.
 DESCRIPTIONS = {
-    "centres": ("px", "window centres (y, x) in image pixels, shape (ny, nx, 2)"),
-    "segmentation": ("", "domain type of each window (0: domain-free, then stripe types by wall angle)"),
+    "centres": ("px", "window centres (y, x) in image pixels, shape (ny, nx, 2)", ("window_y", "window_x", "yx")),
+    "segmentation": ("", "domain type of each window (0: domain-free, then stripe types by wall angle)", WINDOWS),
     "order": ("", "stripe order of the window spectrum over what noise alone gives (its 99.9 % quantile): "
-              "at most 1 is domain-free"),
-    "orientation": ("deg", "domain wall angle from +x towards +y (x along columns, y down rows), [-90, 90)"),
-    "period": ("px", "stripe period (the fundamental's)"),
-    "stretch": ("", "learned residual stretch of the pose (log_sx - log_sy)"),
-    "shear": ("", "learned residual shear of the pose"),
-    "error": ("", "reconstruction mean squared error of the window spectrum"),
-    "content": ("", "content latents of each window, shape (T, ny, nx, latent)"),
-    "fractions": ("", "fraction of windows of each domain type per frame, shape (T, K)"),
-    "type_orientation": ("deg", "mean wall angle of each domain type per frame, shape (T, K)"),
-    "type_period": ("px", "median period of each domain type per frame, shape (T, K)"),
-    "series_orientation": ("deg", "mean wall angle of each domain type over all frames, shape (K,)"),
-    "series_period": ("px", "median period of each domain type over all frames, shape (K,)"),
-    "series_order": ("", "median stripe order of each domain type over all frames, shape (K,)"),
+              "at most 1 is domain-free", WINDOWS),
+    "orientation": ("deg", "domain wall angle from +x towards +y (x along columns, y down rows), [-90, 90)", WINDOWS),
+    "period": ("px", "stripe period (the fundamental's)", WINDOWS),
+    "stretch": ("", "learned residual stretch of the pose (log_sx - log_sy)", WINDOWS),
+    "shear": ("", "learned residual shear of the pose", WINDOWS),
+    "error": ("", "reconstruction mean squared error of the window spectrum", WINDOWS),
+    "content": ("", "content latents of each window, shape (T, ny, nx, latent)", WINDOWS + ("latent",)),
+    "fractions": ("", "fraction of windows of each domain type per frame, shape (T, K)", PER_TYPE),
+    "type_orientation": ("deg", "mean wall angle of each domain type per frame, shape (T, K)", PER_TYPE),
+    "type_period": ("px", "median period of each domain type per frame, shape (T, K)", PER_TYPE),
+    "series_orientation": ("deg", "mean wall angle of each domain type over all frames, shape (K,)", ("type",)),
+    "series_period": ("px", "median period of each domain type over all frames, shape (K,)", ("type",)),
+    "series_order": ("", "median stripe order of each domain type over all frames, shape (K,)", ("type",)),
 }
 
 
