@@ -56,6 +56,9 @@ def test_simulate_then_strain_end_to_end(tmp_path):
         (["strain", "{d}", "--reference", "5-9"], "R0:R1,C0:C1"),
         (["strain", "{d}", "--reference", "0:4,90:99"], "selects no scan position"),
         (["strain", "{bad}"], "row 1, col 2) contains NaN"),
+        (["strain", "{d}", "--mask", "{d}x.npy"], "--mask {d}x.npy: no such file"),
+        (["strain", "{d}", "--dark", "{d}"], "--dark {d} is 4x4x64x64 but the patterns are 64x64"),
+        (["strain", "{d}", "--bin", "0"], "--bin 0: must be at least 1"),
     ],
 )
 def test_bad_input_gives_one_clear_error(tmp_path, args, message):
@@ -65,12 +68,12 @@ def test_bad_input_gives_one_clear_error(tmp_path, args, message):
     d = tmp_path / "d.npy"
     np.save(d, sim.data)
     bad = sim.data.copy()
-    bad[1, 2, 5, 5] = np.nan
+    bad[1, 2] = np.nan  # a whole pattern: nothing to fill it from
     np.save(tmp_path / "bad.npy", bad)
     args = [a.format(d=d, bad=tmp_path / "bad.npy") for a in args] + ["--out", str(tmp_path / "o")]
     r = runner.invoke(app, args)
     assert r.exit_code == 2
-    assert message in r.output
+    assert message.format(d=d) in r.output
     assert "Traceback" not in r.output
     assert not (tmp_path / "o" / "strain.zarr").exists()
 
@@ -111,6 +114,30 @@ def test_version():
 
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and r.output.strip() == f"stemae {__version__}"
+
+
+def test_raw_data_options(tmp_path):
+    """--dark, --mask and --bin from the command line: a scan with a
+    pedestal, hot pixels and a NaN maps as well as the clean scan, binned."""
+    from stemae.simulate import heterostructure
+
+    sim = heterostructure((8, 8), (128, 128), dose=1e5, seed=2)
+    raw = sim.data.astype(np.float32) + 100
+    raw[:, :, 30, 40] = 1e7
+    raw[3, 3, 64, 64] = np.nan
+    np.save(tmp_path / "raw.npy", raw)
+    mask = np.zeros((128, 128), np.uint8)
+    mask[30, 40] = 1
+    np.save(tmp_path / "mask.npy", mask)
+    out = tmp_path / "o"
+    r = runner.invoke(app, ["strain", str(tmp_path / "raw.npy"), "--method", "xcorr", "--dark", "100", "--mask",
+                            str(tmp_path / "mask.npy"), "--bin", "2", "--out", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    arrays, attrs = read_results(out / "strain.zarr")
+    assert attrs["pattern_shape"] == [64, 64] and "dark 100.0, 1 masked pixels, bin 2" in attrs["source"]
+    truth = truth_strain_maps(sim.truth, None, arrays["g_ref"] if "g_ref" in arrays else attrs["reference_basis_px"])
+    err = strain_errors(arrays, truth, arrays["valid"])
+    assert arrays["valid"].all() and max(err[k] for k in ("e_xx", "e_yy", "e_xy")) < 2e-3
 
 
 def test_info_reads_without_loading(tmp_path):

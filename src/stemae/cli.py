@@ -121,10 +121,38 @@ RefineOpt = Annotated[
 ]
 
 
-def _open(input: Path, dataset, scan_shape):
+def _read(input: Path, dataset, scan_shape):
     from stemae.data import read_datacube
 
     return read_datacube(input, dataset=dataset, scan_shape=_shape(scan_shape, "--scan-shape"))
+
+
+DarkOpt = Annotated[
+    Optional[str],
+    typer.Option(help="Subtract a pedestal (counts, e.g. 100) or a dark reference image (.npy or TIFF, detector-"
+                      "shaped) from every pattern."),
+]
+MaskOpt = Annotated[
+    Optional[Path],
+    typer.Option(help="Detector mask (.npy or TIFF, detector-shaped), nonzero at bad pixels; they are filled from "
+                      "their neighbours, as NaN or Inf pixels always are."),
+]
+BinOpt = Annotated[int, typer.Option("--bin", help="Sum BIN x BIN detector pixels.")]
+
+
+def _open(input: Path, dataset, scan_shape, dark: Optional[str] = None, mask: Optional[Path] = None, bin: int = 1):
+    """Read a datacube and prepare it (:func:`stemae.data.prepare.prepare`)."""
+    from stemae.data.prepare import prepare, read_detector_array
+
+    cube = _read(input, dataset, scan_shape)
+    if dark is not None:
+        try:
+            dark = float(dark)
+        except ValueError:
+            dark = read_detector_array(dark, cube.pattern_shape, "--dark")
+    if mask is not None:
+        mask = read_detector_array(mask, cube.pattern_shape, "--mask") != 0
+    return prepare(cube, dark=dark, mask=mask, bin=bin)
 
 
 @app.command()
@@ -142,6 +170,9 @@ def strain(
     device: DeviceOpt = "cpu",
     dataset: DatasetOpt = None,
     scan_shape: ScanShapeOpt = None,
+    dark: DarkOpt = None,
+    mask: MaskOpt = None,
+    bin: BinOpt = 1,
     progress: ProgressOpt = True,
 ):
     """Map strain and rotation (and phase, for ccstae); writes OUT/strain.zarr, PNG figures and, for ccstae,
@@ -150,7 +181,7 @@ def strain(
 
     _check_output(out)
     try:
-        cube = _open(input, dataset, scan_shape)
+        cube = _open(input, dataset, scan_shape, dark, mask, bin)
         t0 = time.perf_counter()
         res = run_strain(cube, out, method=method, reference=_box(reference), classes=classes, epochs=epochs,
                          refine=refine, seed=seed, device=device, progress=progress)
@@ -178,6 +209,9 @@ def train(
     device: DeviceOpt = "cpu",
     dataset: DatasetOpt = None,
     scan_shape: ScanShapeOpt = None,
+    dark: DarkOpt = None,
+    mask: MaskOpt = None,
+    bin: BinOpt = 1,
     progress: ProgressOpt = True,
 ):
     """Train a CC-ST-AE on a datacube and save it as a bundle for `stemae predict`."""
@@ -187,7 +221,7 @@ def train(
 
     _check_output(model, replaceable=CONFIG)
     try:
-        cube = _open(input, dataset, scan_shape)
+        cube = _open(input, dataset, scan_shape, dark, mask, bin)
         net, record = train_model(cube, classes=classes, epochs=epochs, refine=refine, seed=seed, device=device,
                                   progress=progress)
         ccstae.save(net, model, record)
@@ -206,6 +240,9 @@ def predict(
     device: DeviceOpt = "cpu",
     dataset: DatasetOpt = None,
     scan_shape: ScanShapeOpt = None,
+    dark: DarkOpt = None,
+    mask: MaskOpt = None,
+    bin: BinOpt = 1,
     progress: ProgressOpt = True,
 ):
     """Map strain and phase of a datacube with a trained bundle."""
@@ -216,7 +253,7 @@ def predict(
     _check_output(out)
     try:
         net = ccstae.load(model, profile=refine)
-        cube = _open(input, dataset, scan_shape)
+        cube = _open(input, dataset, scan_shape, dark, mask, bin)
         if tuple(cube.pattern_shape) != tuple(net.pattern_shape):
             raise InputError(
                 f"{input}: patterns are {cube.pattern_shape[0]}x{cube.pattern_shape[1]} but the model was trained "
@@ -381,7 +418,7 @@ def info(
 ):
     """Print a datacube's shape, type and calibration without loading it."""
     try:
-        cube = _open(input, dataset, scan_shape)
+        cube = _read(input, dataset, scan_shape)
     except InputError as e:
         _fail(e)
     typer.echo(f"source: {cube.source}")

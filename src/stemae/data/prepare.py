@@ -1,0 +1,131 @@
+"""Raw detector data made fit to map: dark or pedestal subtracted, bad
+pixels (a detector mask, and any NaN or Inf) filled from their neighbours,
+detector pixels binned. Lazy: the Dask array is transformed block by block
+as the methods stream it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+from scipy import ndimage
+
+from stemae.data.readers import Datacube, as_datacube_array
+from stemae.errors import InputError
+
+#: Rounds of neighbour filling for masked pixels: holes up to about twice
+#: this many pixels across are filled; a pattern with a larger one keeps
+#: NaN there and is refused by name when read.
+FILL_ROUNDS = 8
+
+
+def read_detector_array(path, pattern_shape: tuple[int, int], what: str) -> np.ndarray:
+    """A detector-shaped image ``(Qy, Qx)`` from ``.npy`` or an image file
+    (TIFF, PNG, ...; RosettaSciIO), checked against ``pattern_shape``."""
+    from stemae.data.images import read_images
+
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        if not path.is_file():
+            raise InputError(f"{what} {path}: no such file")
+        arr = np.load(path, allow_pickle=False)
+    else:
+        arr = read_images([path])[0][0]
+    arr = np.squeeze(np.asarray(arr))
+    if arr.shape != tuple(pattern_shape):
+        raise InputError(f"{what} {path} is {'x'.join(map(str, arr.shape))} but the patterns are "
+                         f"{pattern_shape[0]}x{pattern_shape[1]}")
+    return arr
+
+
+def fill_masked(patterns: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """Masked pixels of patterns replaced by the mean of their unmasked
+    3x3 neighbours, repeated :data:`FILL_ROUNDS` times so holes fill inwards.
+
+    Parameters
+    ----------
+    patterns : (..., Qy, Qx) float
+    bad : bool, broadcastable to ``patterns``
+
+    Returns
+    -------
+    (..., Qy, Qx) float32; pixels a hole too large leaves unfilled are NaN
+    """
+    out = np.where(bad, 0.0, patterns).astype(np.float32)
+    good = np.broadcast_to(~bad, out.shape).astype(np.float32)
+    size = (1,) * (out.ndim - 2) + (3, 3)
+    for _ in range(FILL_ROUNDS):
+        if good.all():
+            break
+        total = ndimage.uniform_filter(out * good, size, mode="constant")
+        count = ndimage.uniform_filter(good, size, mode="constant")
+        fill = (good == 0) & (count > 1e-6)
+        out = np.where(fill, total / np.maximum(count, 1e-6), out)
+        good = np.where(fill, 1.0, good)
+    return np.where(good > 0, out, np.nan).astype(np.float32)
+
+
+def _clean(block: np.ndarray, dark, mask, factor: int) -> np.ndarray:
+    x = np.asarray(block, np.float32)
+    if dark is not None:
+        x = np.maximum(x - dark, 0.0)
+    bad = ~np.isfinite(x)
+    if mask is not None:
+        bad = bad | mask
+    if bad.any():
+        x = fill_masked(x, bad)
+    if factor > 1:
+        Ry, Rx, Qy, Qx = x.shape
+        x = x.reshape(Ry, Rx, Qy // factor, factor, Qx // factor, factor).sum((3, 5))
+    return x
+
+
+def prepare(cube: Datacube, *, dark=None, mask=None, bin: int = 1) -> Datacube:
+    """The datacube as the methods should see it.
+
+    Parameters
+    ----------
+    cube : Datacube (Ry, Rx, Qy, Qx)
+    dark : None, a pedestal (counts, a number) or a dark reference
+        ``(Qy, Qx)`` subtracted from every pattern (negative results clipped to 0)
+    mask : None or bool ``(Qy, Qx)``, True at bad detector pixels (dead,
+        hot, a beam stop's edge); they, and any NaN or Inf pixel of a
+        pattern, are filled from their neighbours (:func:`fill_masked`)
+    bin : sum ``bin x bin`` detector pixels (the detector cropped to a
+        multiple of ``bin``); the reciprocal pixel size grows by ``bin``
+
+    Returns
+    -------
+    Datacube, float32, lazy; ``source`` and ``calibration`` updated
+    """
+    Qy, Qx = cube.pattern_shape
+    if bin < 1 or bin > min(Qy, Qx) // 8:
+        raise InputError(f"--bin {bin}: must be at least 1 and leave patterns of at least 8x8 "
+                         f"(the detector is {Qy}x{Qx})")
+    if dark is not None and not np.isscalar(dark):
+        dark = np.asarray(dark, np.float32)
+        if dark.shape != (Qy, Qx) or not np.isfinite(dark).all():
+            raise InputError(f"the dark reference must be a finite {Qy}x{Qx} image, got {dark.shape}")
+    if mask is not None:
+        mask = np.asarray(mask).astype(bool)
+        if mask.shape != (Qy, Qx):
+            raise InputError(f"the detector mask must be {Qy}x{Qx}, got {mask.shape}")
+        if mask.mean() > 0.5:
+            raise InputError(f"the detector mask marks {mask.mean():.0%} of the pixels as bad; it should be True "
+                             "only at bad pixels")
+    Qy2, Qx2 = Qy // bin * bin, Qx // bin * bin
+    data = as_datacube_array(cube.data, None, cube.source)[:, :, :Qy2, :Qx2].rechunk({2: -1, 3: -1})
+    dark = dark[:Qy2, :Qx2] if dark is not None and not np.isscalar(dark) else dark
+    mask = mask[:Qy2, :Qx2] if mask is not None else None
+    data = da.map_blocks(_clean, data, dark, mask, bin, dtype=np.float32,
+                         chunks=data.chunks[:2] + ((Qy2 // bin,), (Qx2 // bin,)))
+    steps = [f"dark {dark if np.isscalar(dark) else 'reference'}" if dark is not None else "",
+             f"{int(mask.sum())} masked pixels" if mask is not None else "", f"bin {bin}" if bin > 1 else ""]
+    steps = [s for s in steps if s]
+    cal = cube.calibration
+    if bin > 1 and cal.q_pixel_size is not None:
+        cal = replace(cal, q_pixel_size=cal.q_pixel_size * bin)
+    source = cube.source + (f" ({', '.join(steps)})" if steps else "")
+    return Datacube(data, cal, source, cube.extra)
