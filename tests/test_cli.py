@@ -43,6 +43,11 @@ def test_simulate_then_strain_end_to_end(tmp_path):
 
     # A second run replaces the store atomically and leaves no temporary files.
     r = runner.invoke(app, ["strain", str(data), "--out", str(out), "--method", "com", "--no-progress"])
+    # The whole scan holds two phases: no lattice to measure against.
+    assert r.exit_code == 2 and "the reference region holds more than one lattice" in r.output
+    assert "Traceback" not in r.output and read_results(out / "strain.zarr")[1]["method"] == "xcorr"
+    r = runner.invoke(app, ["strain", str(data), "--out", str(out), "--method", "com", "--no-progress",
+                            "--reference", "0:24,0:4"])
     assert r.exit_code == 0, r.output
     assert read_results(out / "strain.zarr")[1]["method"] == "com"
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
@@ -130,12 +135,13 @@ def test_raw_data_options(tmp_path):
     mask[30, 40] = 1
     np.save(tmp_path / "mask.npy", mask)
     out = tmp_path / "o"
-    r = runner.invoke(app, ["strain", str(tmp_path / "raw.npy"), "--method", "xcorr", "--dark", "100", "--mask",
+    r = runner.invoke(app, ["strain", str(tmp_path / "raw.npy"), "--method", "xcorr", "--reference", "0:8,0:2",
+                            "--dark", "100", "--mask",
                             str(tmp_path / "mask.npy"), "--bin", "2", "--out", str(out), "--no-progress"])
     assert r.exit_code == 0, r.output
     arrays, attrs = read_results(out / "strain.zarr")
     assert attrs["pattern_shape"] == [64, 64] and "dark 100.0, 1 masked pixels, bin 2" in attrs["source"]
-    truth = truth_strain_maps(sim.truth, None, arrays["g_ref"] if "g_ref" in arrays else attrs["reference_basis_px"])
+    truth = truth_strain_maps(sim.truth, ((0, 8), (0, 2)), np.asarray(attrs["reference_basis_px"]))
     err = strain_errors(arrays, truth, arrays["valid"])
     assert arrays["valid"].all() and max(err[k] for k in ("e_xx", "e_yy", "e_xy")) < 2e-3
 
@@ -174,6 +180,24 @@ def test_train_then_predict_with_a_bundle(tmp_path):
     assert (arrays["phase"] == truth["phase"]).mean() > 0.95
     for png in ("strain_maps.png", "phase_map.png", "bases.png"):
         assert (out / png).exists()
+    # The reference chosen by phase: every position of the left phase, and
+    # that phase's strain measured against its own lattice.
+    left = int(arrays["phase"][0, 0])
+    r = runner.invoke(app, ["predict", str(data), "--model", str(model), "--out", str(tmp_path / "byphase"),
+                            "--reference-phase", str(left), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    by_phase = read_results(tmp_path / "byphase" / "strain.zarr")[0]
+    np.testing.assert_array_equal(by_phase["reference"], arrays["phase"] == left)
+    mine = truth["phase"] == truth["phase"][0, 0]
+    err = strain_errors(by_phase, truth_strain_maps(truth, mine, np.asarray(
+        read_results(tmp_path / "byphase" / "strain.zarr")[1]["reference_basis_px"])), by_phase["valid"] & mine)
+    assert err["e_xx"] < 2e-3
+    for args, message in ((["--reference-phase", "7"], "reference phase 7 does not exist"),):
+        r = runner.invoke(app, ["predict", str(data), "--model", str(model), "--out", str(tmp_path / "x"), *args])
+        assert r.exit_code == 2 and message in r.output
+    r = runner.invoke(app, ["strain", str(data), "--method", "xcorr", "--reference-phase", "0", "--out",
+                            str(tmp_path / "x")])
+    assert r.exit_code == 2 and "xcorr has none" in r.output
     # A datacube of another detector size is refused with a clear message.
     other = tmp_path / "other.h5"
     assert runner.invoke(app, ["simulate", str(other), "--scan", "2x2", "--pattern", "96x96"]).exit_code == 0
@@ -185,7 +209,8 @@ def test_ccstae_is_the_default_and_writes_its_extras(tmp_path):
     data = tmp_path / "het.zarr"
     assert runner.invoke(app, ["simulate", str(data), "--scan", "12x12", "--dose", "1e5"]).exit_code == 0
     out = tmp_path / "res"
-    r = runner.invoke(app, ["strain", str(data), "--out", str(out), "--no-progress", "--epochs", "2"])
+    r = runner.invoke(app, ["strain", str(data), "--out", str(out), "--no-progress", "--epochs", "2",
+                            "--reference", "0:12,0:2"])
     assert r.exit_code == 0, r.output
     arrays, attrs = read_results(out / "strain.zarr")
     assert attrs["method"] == "ccstae" and len(arrays["loss"]) == 2
@@ -203,7 +228,8 @@ def test_ccstae_is_the_default_and_writes_its_extras(tmp_path):
     assert ccstae.load(out / "model").K == 1 and attrs["bundle"]["path"] == str((out / "model").resolve())
     # A classical run into the same folder leaves no figure of the earlier
     # method behind (the model stays: it is the user's).
-    r = runner.invoke(app, ["strain", str(data), "--out", str(out), "--no-progress", "--method", "xcorr"])
+    r = runner.invoke(app, ["strain", str(data), "--out", str(out), "--no-progress", "--method", "xcorr",
+                            "--reference", "0:12,0:2"])
     assert r.exit_code == 0, r.output
     assert read_results(out / "strain.zarr")[1]["method"] == "xcorr"
     assert (out / "strain_maps.png").exists() and (out / "model" / "config.json").exists()
@@ -211,7 +237,7 @@ def test_ccstae_is_the_default_and_writes_its_extras(tmp_path):
         assert not (out / png).exists()
     # The measured profiles instead of their pseudo-Voigt fits.
     r = runner.invoke(app, ["strain", str(data), "--out", str(tmp_path / "t"), "--no-progress", "--epochs", "1",
-                            "--refine", "template"])
+                            "--refine", "template", "--reference", "0:12,0:2"])
     assert r.exit_code == 0, r.output
     assert read_results(tmp_path / "t" / "strain.zarr")[1]["disk_profile"] == "template"
 

@@ -108,7 +108,12 @@ ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto (a GPU when PyTorch sees one).")]
 ReferenceOpt = Annotated[
     Optional[str],
-    typer.Option(help="Unstrained reference region R0:R1,C0:C1 (scan rows, cols, end exclusive); default whole scan."),
+    typer.Option(help="Unstrained reference region R0:R1,C0:C1 (scan rows, cols, end exclusive) of one phase or "
+                      "grain; default the whole scan (refused if it holds several lattices)."),
+]
+ReferencePhaseOpt = Annotated[
+    Optional[int],
+    typer.Option(help="ccstae: the reference is this phase's positions (in --reference, or the whole scan)."),
 ]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
 ClassesOpt = Annotated[int, typer.Option(help="CC-ST-AE: number of bases (phases or grain types).")]
@@ -163,6 +168,7 @@ def strain(
         "ccstae", help="ccstae (learned; trains on the data), xcorr (template cross-correlation) or com (disk centroids)."
     ),
     reference: ReferenceOpt = None,
+    reference_phase: ReferencePhaseOpt = None,
     classes: ClassesOpt = 1,
     epochs: EpochsOpt = 3,
     refine: RefineOpt = "voigt",
@@ -183,7 +189,8 @@ def strain(
     try:
         cube = _open(input, dataset, scan_shape, dark, mask, bin)
         t0 = time.perf_counter()
-        res = run_strain(cube, out, method=method, reference=_box(reference), classes=classes, epochs=epochs,
+        res = run_strain(cube, out, method=method, reference=_box(reference), reference_phase=reference_phase,
+                         classes=classes, epochs=epochs,
                          refine=refine, seed=seed, device=device, progress=progress)
     except (InputError, ValueError) as e:
         _fail(e)
@@ -236,6 +243,7 @@ def predict(
     model: Path = typer.Option(..., "--model", "-m", help="Bundle folder written by `stemae train`."),
     out: OutOpt = Path("stemae-results"),
     reference: ReferenceOpt = None,
+    reference_phase: ReferencePhaseOpt = None,
     refine: Annotated[Optional[str], typer.Option(help="Disk profiles (voigt or template); default the bundle's.")] = None,
     device: DeviceOpt = "cpu",
     dataset: DatasetOpt = None,
@@ -260,7 +268,8 @@ def predict(
                 f"on {net.pattern_shape[0]}x{net.pattern_shape[1]}"
             )
         t0 = time.perf_counter()
-        res = predict_strain(net, cube, out, reference=_box(reference), device=device, progress=progress,
+        res = predict_strain(net, cube, out, reference=_box(reference), reference_phase=reference_phase,
+                             device=device, progress=progress,
                              bundle=bundle_provenance(model))
     except (InputError, ValueError) as e:
         _fail(e)

@@ -171,17 +171,40 @@ def reference_mask(scan_shape: tuple[int, int], reference=None) -> np.ndarray:
     return mask
 
 
+#: A reference region holds more than one lattice when more than a quarter
+#: of its positions' bases differ from its median basis by more than this
+#: (relative, Frobenius): phases 4 % apart, or grains turned by degrees, do;
+#: one lattice with strain and counting noise does not.
+REFERENCE_SPREAD = 0.02
+
+
 def reference_members(G: np.ndarray, mask: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
     """Positions whose bases make up the reference: valid positions in the
     region, less outliers further than four (normal-scaled) median absolute
     deviations from the element-wise median. Shapes: ``G`` (Ry, Rx, 2, 2),
-    masks (Ry, Rx); returns a bool (Ry, Rx)."""
+    masks (Ry, Rx); returns a bool (Ry, Rx).
+
+    Raises
+    ------
+    ValueError
+        The region holds no valid fit, or more than one lattice
+        (:data:`REFERENCE_SPREAD`): its mean would be no lattice at all.
+    """
     sel = mask if valid is None else (mask & valid)
     sel = sel & np.isfinite(G).all(axis=(-1, -2))
     if not sel.any():
         raise ValueError("the reference region holds no valid lattice fit")
     g = G[sel]
     med = np.median(g, axis=0)
+    spread = np.linalg.norm(g - med, axis=(-1, -2)) / np.linalg.norm(med)
+    far = spread > REFERENCE_SPREAD
+    if far.mean() > 0.25:
+        raise ValueError(
+            f"the reference region holds more than one lattice: {far.sum()} of its {far.size} positions differ "
+            f"from its median lattice by more than {REFERENCE_SPREAD:.0%} (phases, grains or rotations), so their "
+            "mean is no lattice at all; choose a region of one phase or grain (on the command line "
+            "--reference R0:R1,C0:C1, or --reference-phase K with ccstae)"
+        )
     mad = 1.4826 * np.median(np.abs(g - med), axis=0)
     keep = (np.abs(g - med) <= 4 * mad + 1e-12 * np.abs(med).max()).all(axis=(-1, -2))
     out = np.zeros(sel.shape, bool)

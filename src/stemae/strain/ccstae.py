@@ -805,9 +805,11 @@ def load(path, profile: str | None = None) -> CCSTAE:
     return model.eval()
 
 
-def map_strain(pred: dict, reference=None, max_chi2: float | None = None) -> dict:
+def map_strain(pred: dict, reference=None, max_chi2: float | None = None, reference_phase: int | None = None
+               ) -> dict:
     """Strain maps and their uncertainties from :func:`predict` output,
-    relative to a reference region.
+    relative to a reference region (``reference_phase``: only that
+    phase's positions in it).
 
     The local bases are relabelled to the lattice-equivalent basis closest to
     the reference's, so symmetry-equivalent transforms give one answer.
@@ -816,15 +818,19 @@ def map_strain(pred: dict, reference=None, max_chi2: float | None = None) -> dic
     """
     G0 = pred["G"].astype(np.float64)
     mask = reference_mask(G0.shape[:2], reference)
+    if reference_phase is not None:
+        mask = mask & (pred["phase"] == reference_phase)
+        if not mask.any():
+            raise ValueError(f"no position of phase {reference_phase} lies in the reference region")
     ok = np.isfinite(G0).all(axis=(-1, -2))
     G = align_to_reference(G0, np.median(G0[mask & ok], axis=0))
     cov = relabel_covariance(pred["cov"].astype(np.float64), G0, G)
     valid = ok & (pred["n_disks"] >= 3) & np.isfinite(cov).all(axis=(-1, -2))
     if max_chi2 is not None:
         valid &= pred["chi2"] <= max_chi2
-    maps, G_ref = strain_maps(G, reference, valid, cov=cov)
+    maps, G_ref = strain_maps(G, mask, valid, cov=cov)
     out = dict(maps)
-    out.update(valid=valid, g1=G[..., :, 0].astype(np.float32), g2=G[..., :, 1].astype(np.float32),
+    out.update(reference=mask, valid=valid, g1=G[..., :, 0].astype(np.float32), g2=G[..., :, 1].astype(np.float32),
                origin=pred["origin"].astype(np.float32), g_ref=G_ref, phase=pred["phase"],
                probabilities=pred["probabilities"].astype(np.float32), chi2=pred["chi2"].astype(np.float32),
                n_disks=pred["n_disks"].astype(np.int16), disk_intensity=pred["disk_intensity"].astype(np.float32),

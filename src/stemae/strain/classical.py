@@ -190,14 +190,16 @@ def map_strain(
     ``g_ref`` (2, 2), ``radius`` (px), ``method`` and ``indexing`` (the
     :func:`~stemae.strain.pooled.lattice_check` of the reference sum).
     """
-    G_pool, check, _, _ = pooled_basis(data, reference_mask(data.shape[:2], reference), radius=radius)
+    mask = reference_mask(data.shape[:2], reference)
+    G_pool, check, _, _ = pooled_basis(data, mask, radius=radius)
     disks = detect_disks(data, method=method, radius=check["radius"], progress=progress, **find_kwargs)
     fit = fit_lattices(disks, G_pool)
     limit = 0.25 * disks["radius"] if max_rms is None else max_rms
     valid = fit["valid"] & (fit["rms"] <= limit)
-    maps, G_ref = strain_maps(fit["G"], reference, valid, cov=fit["cov"])
+    maps, G_ref = strain_maps(fit["G"], mask, valid, cov=fit["cov"])
     out = dict(maps)
     out.update(
+        reference=mask,
         valid=valid,
         g1=fit["G"][..., :, 0].astype(np.float32),
         g2=fit["G"][..., :, 1].astype(np.float32),

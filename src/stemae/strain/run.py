@@ -9,7 +9,7 @@ import numpy as np
 from stemae.data import Datacube, write_results
 from stemae.errors import InputError
 from stemae.nn.device import resolve_device
-from stemae.geometry import CONVENTIONS, reference_mask
+from stemae.geometry import CONVENTIONS
 from stemae.nn.bundle import bundle_provenance
 from stemae.strain import ccstae
 from stemae.strain.classical import map_strain
@@ -59,7 +59,8 @@ ARRAY_INFO = {
     "probabilities": ("", "class probabilities, last axis over bases", SCAN + ("class",)),
     "bases": ("px", "learned base reciprocal bases (K, 2, 2), columns g1, g2", ("class", "xy", "vector")),
     "loss": ("", "training cycle loss per epoch", ("epoch",)),
-    "reference": ("", "reference region (unstrained lattice)", SCAN),
+    "reference": ("", "reference region (unstrained lattice): the positions whose mean lattice is the reference "
+                      "(less outliers)", SCAN),
 }
 
 
@@ -70,13 +71,15 @@ def train_model(datacube: Datacube, *, classes: int = 1, epochs: int = 3, refine
                       device=resolve_device(device), progress=progress)
 
 
-def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, device: str = "cpu", progress: bool = False,
-                   record: dict | None = None, bundle: dict | None = None) -> dict:
+def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, reference_phase: int | None = None,
+                   device: str = "cpu", progress: bool = False, record: dict | None = None,
+                   bundle: dict | None = None) -> dict:
     """Map strain and phase with a trained CC-ST-AE and write the results
     (``bundle``: :func:`~stemae.nn.bundle.bundle_provenance` of the model's
     bundle, recorded in the store)."""
+    _check_phase(reference_phase, model.K)
     pred = ccstae.predict(model, datacube.data, device=resolve_device(device), progress=progress)
-    res = ccstae.map_strain(pred, reference)
+    res = ccstae.map_strain(pred, reference, reference_phase=reference_phase)
     res["bases"] = model.G.detach().cpu().numpy()
     res["hk"] = model.hk.cpu().numpy().astype(np.int16)
     res["radius"] = model.radius
@@ -84,7 +87,7 @@ def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, device
     if record is not None:
         res["loss"] = np.asarray(record["loss"], dtype=np.float32)
     out_dir = Path(out_dir)
-    written = write_strain_results(datacube, out_dir, res, reference,
+    written = write_strain_results(datacube, out_dir, res,
                                    extra_attrs={"training": record or {}, "disk_profile": model.profile,
                                                 **({"bundle": bundle} if bundle else {})})
     written += [plot_phase_map(res["phase"], res["probabilities"], out_dir / "phase_map.png"),
@@ -97,9 +100,9 @@ def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, device
     return res
 
 
-def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference=None, classes: int = 1,
-               epochs: int = 3, refine: str = "voigt", seed: int = 0, device: str = "cpu",
-               progress: bool = False) -> dict:
+def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference=None,
+               reference_phase: int | None = None, classes: int = 1, epochs: int = 3, refine: str = "voigt",
+               seed: int = 0, device: str = "cpu", progress: bool = False) -> dict:
     """Map strain (and phase, for ``ccstae``); write ``out_dir/strain.zarr`` and figures.
 
     Parameters
@@ -107,7 +110,10 @@ def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference
     datacube : Datacube
     out_dir : directory for ``strain.zarr`` and the PNG figures
     method : ``"ccstae"`` (trains on the data), ``"xcorr"`` or ``"com"``
-    reference : None, bool mask (Ry, Rx) or ((r0, r1), (c0, c1))
+    reference : None, bool mask (Ry, Rx) or ((r0, r1), (c0, c1)); it must
+        hold one lattice (two phases or grains in it are refused)
+    reference_phase : ``ccstae`` only: the reference is this phase's
+        positions in ``reference`` (the whole scan by default)
     classes, epochs, refine, seed, device : CC-ST-AE settings (``refine``: the
         disk profiles, ``"voigt"`` or ``"template"``)
     progress : bool
@@ -118,15 +124,25 @@ def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference
     """
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if method != "ccstae" and reference_phase is not None:
+        raise InputError(f"a reference phase needs the phases ccstae learns; {method} has none (give --reference)")
+    if method == "ccstae":
+        _check_phase(reference_phase, classes)
     if method == "ccstae":
         model, record = train_model(datacube, classes=classes, epochs=epochs, refine=refine, seed=seed,
                                     device=device, progress=progress)
         path = ccstae.save(model, Path(out_dir) / "model", record)
-        return predict_strain(model, datacube, out_dir, reference=reference, device=device, progress=progress,
-                              record=record, bundle=bundle_provenance(path))
+        return predict_strain(model, datacube, out_dir, reference=reference, reference_phase=reference_phase,
+                              device=device, progress=progress, record=record, bundle=bundle_provenance(path))
     res = map_strain(datacube.data, method=method, reference=reference, progress=progress)
-    clear_stale_figures(out_dir, write_strain_results(datacube, out_dir, res, reference))
+    clear_stale_figures(out_dir, write_strain_results(datacube, out_dir, res))
     return res
+
+
+def _check_phase(reference_phase: int | None, classes: int) -> None:
+    if reference_phase is not None and not 0 <= reference_phase < classes:
+        raise InputError(f"reference phase {reference_phase} does not exist: the model has {classes} phase(s), "
+                         f"0 to {classes - 1}")
 
 
 def clear_stale_figures(out_dir, written) -> None:
@@ -137,16 +153,14 @@ def clear_stale_figures(out_dir, written) -> None:
             (Path(out_dir) / name).unlink(missing_ok=True)
 
 
-def write_strain_results(datacube: Datacube, out_dir, res: dict, reference, extra_attrs: dict | None = None
-                         ) -> list[Path]:
+def write_strain_results(datacube: Datacube, out_dir, res: dict, extra_attrs: dict | None = None) -> list[Path]:
     """``strain.zarr`` (maps with units and descriptions, conventions and
     metadata as attributes), ``strain_maps.png``, ``uncertainty_maps.png``
     (where the method gives uncertainties) and ``reference_lattice.png``;
     returns the figures' paths."""
     out_dir = Path(out_dir)
-    mask = reference_mask(datacube.scan_shape, reference)
+    mask = res["reference"]
     arrays = {k: (res[k], *ARRAY_INFO[k]) for k in ARRAY_INFO if k in res}
-    arrays["reference"] = (mask, *ARRAY_INFO["reference"])
     attrs = {
         "conventions": CONVENTIONS,
         "method": res["method"],
