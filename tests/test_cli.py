@@ -146,6 +146,49 @@ def test_raw_data_options(tmp_path):
     assert arrays["valid"].all() and max(err[k] for k in ("e_xx", "e_yy", "e_xy")) < 2e-3
 
 
+def test_calibrated_lattice_in_angstrom(tmp_path):
+    """The reference lattice in angstrom: from the file's calibration, from
+    --q-pixel-size in 1/A on a bare .npy, and in mrad with --energy, all
+    within 0.2 % of the simulated WS2 lattice (its mean over the reference
+    region, a = 3.153 A less the region's own small strain)."""
+    from stemae.data import read_datacube
+    from stemae.data.calibration import electron_wavelength, lattice_in_angstrom
+
+    data = tmp_path / "het.h5"
+    assert runner.invoke(app, ["simulate", str(data), "--scan", "16x16", "--dose", "1e5"]).exit_code == 0
+    cube = read_datacube(data)
+    truth, cal = cube.extra["truth"], cube.calibration
+    G_true = np.stack([truth["g1"], truth["g2"]], -1)[:, :3].reshape(-1, 2, 2).mean(0)
+    a_true = lattice_in_angstrom(G_true, cal.q_pixel_size)["a_A"]
+    assert a_true == pytest.approx(3.153, rel=5e-3)
+    np.save(tmp_path / "bare.npy", np.asarray(cube.data))
+    q_mrad = float(cal.q_pixel_size * electron_wavelength(cal.beam_energy_kev) * 1e3)
+    runs = {
+        "file": [str(data)],
+        "1/A": [str(tmp_path / "bare.npy"), "--q-pixel-size", f"{cal.q_pixel_size!r}/A"],
+        "mrad": [str(tmp_path / "bare.npy"), "--q-pixel-size", f"{q_mrad!r}mrad", "--energy", "300"],
+    }
+    for name, args in runs.items():
+        out = tmp_path / name.replace("/", "")
+        r = runner.invoke(app, ["strain", *args, "--method", "xcorr", "--reference", "0:16,0:3", "--out", str(out),
+                                "--no-progress"])
+        assert r.exit_code == 0, r.output
+        lattice = read_results(out / "strain.zarr")[1]["reference_lattice"]
+        assert lattice["a_A"] == pytest.approx(a_true, rel=2e-3), name
+        assert lattice["b_A"] == pytest.approx(a_true, rel=2e-3) and lattice["gamma_deg"] == pytest.approx(120, abs=0.2)
+        assert f"a = {lattice['a_A']:.4f} A" in r.output
+    # Without a calibration the lengths stay in pixels, and the user is told.
+    r = runner.invoke(app, ["strain", str(tmp_path / "bare.npy"), "--method", "xcorr", "--reference", "0:16,0:3",
+                            "--out", str(tmp_path / "px"), "--no-progress"])
+    assert r.exit_code == 0 and "no detector calibration" in r.output
+    assert "reference_lattice" not in read_results(tmp_path / "px" / "strain.zarr")[1]
+    for args, message in ((["--q-pixel-size", "0.2mrad"], "needs the beam energy"),
+                          (["--q-pixel-size", "0.2furlongs"], "must be a positive number with units"),
+                          (["--scan-step", "-3nm"], "must be a positive number with units")):
+        r = runner.invoke(app, ["strain", str(tmp_path / "bare.npy"), *args, "--out", str(tmp_path / "e")])
+        assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+
+
 def test_info_reads_without_loading(tmp_path):
     d = tmp_path / "s.zarr"
     assert runner.invoke(app, ["simulate", str(d), "--scan", "3x5", "--pattern", "64x80", "--dose", "0"]).exit_code == 0

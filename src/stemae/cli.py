@@ -143,13 +143,54 @@ MaskOpt = Annotated[
                       "their neighbours, as NaN or Inf pixels always are."),
 ]
 BinOpt = Annotated[int, typer.Option("--bin", help="Sum BIN x BIN detector pixels.")]
+QPixelOpt = Annotated[
+    Optional[str],
+    typer.Option(help="Detector pixel size with its units, e.g. 0.0104/A or 0.21mrad (mrad needs --energy); "
+                      "overrides the file's."),
+]
+EnergyOpt = Annotated[Optional[float], typer.Option(help="Beam energy in keV; overrides the file's.")]
+ScanStepOpt = Annotated[
+    Optional[str], typer.Option(help="Scan step with its units, e.g. 0.3nm or 3A; overrides the file's."),
+]
 
 
-def _open(input: Path, dataset, scan_shape, dark: Optional[str] = None, mask: Optional[Path] = None, bin: int = 1):
-    """Read a datacube and prepare it (:func:`stemae.data.prepare.prepare`)."""
+def _quantity(text: str, name: str, units: dict[str, str]) -> tuple[float, str]:
+    m = re.fullmatch(r"\s*([0-9.eE+-]+)\s*(\S+)\s*", text)
+    if m and m.group(2) in units:
+        try:
+            value = float(m.group(1))
+        except ValueError:
+            value = -1.0
+        if value > 0:
+            return value, units[m.group(2)]
+    raise typer.BadParameter(f"{name} must be a positive number with units ({', '.join(units)}), got {text!r}")
+
+
+def _calibrated(cube, q_pixel_size: Optional[str], energy: Optional[float], scan_step: Optional[str]):
+    """The datacube with the calibration given on the command line (units parsed and checked)."""
+    from dataclasses import replace
+
+    cal = cube.calibration
+    if q_pixel_size is not None:
+        v, u = _quantity(q_pixel_size, "--q-pixel-size", {"/A": "1/A", "1/A": "1/A", "mrad": "mrad"})
+        cal = replace(cal, q_pixel_size=v, q_units=u)
+    if energy is not None:
+        if energy <= 0:
+            raise typer.BadParameter(f"--energy must be positive (keV), got {energy}")
+        cal = replace(cal, beam_energy_kev=energy)
+    if scan_step is not None:
+        v, u = _quantity(scan_step, "--scan-step", {"nm": "nm", "A": "A", "pm": "pm", "um": "um"})
+        cal = replace(cal, r_pixel_size=v, r_units=u)
+    cal.inverse_angstrom_per_pixel()  # mrad without an energy is refused here, before any work
+    return replace(cube, calibration=cal)
+
+
+def _open(input: Path, dataset, scan_shape, dark: Optional[str] = None, mask: Optional[Path] = None, bin: int = 1,
+          q_pixel_size: Optional[str] = None, energy: Optional[float] = None, scan_step: Optional[str] = None):
+    """Read a datacube, calibrate it and prepare it (:func:`stemae.data.prepare.prepare`)."""
     from stemae.data.prepare import prepare, read_detector_array
 
-    cube = _read(input, dataset, scan_shape)
+    cube = _calibrated(_read(input, dataset, scan_shape), q_pixel_size, energy, scan_step)
     if dark is not None:
         try:
             dark = float(dark)
@@ -179,6 +220,9 @@ def strain(
     dark: DarkOpt = None,
     mask: MaskOpt = None,
     bin: BinOpt = 1,
+    q_pixel_size: QPixelOpt = None,
+    energy: EnergyOpt = None,
+    scan_step: ScanStepOpt = None,
     progress: ProgressOpt = True,
 ):
     """Map strain and rotation (and phase, for ccstae); writes OUT/strain.zarr, PNG figures and, for ccstae,
@@ -187,22 +231,31 @@ def strain(
 
     _check_output(out)
     try:
-        cube = _open(input, dataset, scan_shape, dark, mask, bin)
+        cube = _open(input, dataset, scan_shape, dark, mask, bin, q_pixel_size, energy, scan_step)
         t0 = time.perf_counter()
         res = run_strain(cube, out, method=method, reference=_box(reference), reference_phase=reference_phase,
                          classes=classes, epochs=epochs,
                          refine=refine, seed=seed, device=device, progress=progress)
     except (InputError, ValueError) as e:
         _fail(e)
-    _report(res, time.perf_counter() - t0, out)
+    _report(res, time.perf_counter() - t0, out, cube)
 
 
-def _report(res: dict, seconds: float, out: Path) -> None:
+def _report(res: dict, seconds: float, out: Path, cube) -> None:
+    from stemae.data.calibration import lattice_in_angstrom
+
     n = res["valid"].size
     typer.echo(
         f"{n} patterns in {seconds:.1f} s ({n / seconds:.0f}/s), {res['valid'].mean():.1%} valid; "
         f"wrote {out / 'strain.zarr'} and figures"
     )
+    q = cube.calibration.inverse_angstrom_per_pixel()
+    if q:
+        lat = lattice_in_angstrom(res["g_ref"], q)
+        typer.echo(f"reference lattice: a = {lat['a_A']:.4f} A, b = {lat['b_A']:.4f} A, gamma = {lat['gamma_deg']:.2f} "
+                   f"deg; d-spacings of g1, g2: {lat['d1_A']:.4f}, {lat['d2_A']:.4f} A")
+    else:
+        typer.echo("no detector calibration: lengths are in detector pixels (give --q-pixel-size for angstrom)")
 
 
 @app.command()
@@ -219,6 +272,9 @@ def train(
     dark: DarkOpt = None,
     mask: MaskOpt = None,
     bin: BinOpt = 1,
+    q_pixel_size: QPixelOpt = None,
+    energy: EnergyOpt = None,
+    scan_step: ScanStepOpt = None,
     progress: ProgressOpt = True,
 ):
     """Train a CC-ST-AE on a datacube and save it as a bundle for `stemae predict`."""
@@ -228,7 +284,7 @@ def train(
 
     _check_output(model, replaceable=CONFIG)
     try:
-        cube = _open(input, dataset, scan_shape, dark, mask, bin)
+        cube = _open(input, dataset, scan_shape, dark, mask, bin, q_pixel_size, energy, scan_step)
         net, record = train_model(cube, classes=classes, epochs=epochs, refine=refine, seed=seed, device=device,
                                   progress=progress)
         ccstae.save(net, model, record)
@@ -251,6 +307,9 @@ def predict(
     dark: DarkOpt = None,
     mask: MaskOpt = None,
     bin: BinOpt = 1,
+    q_pixel_size: QPixelOpt = None,
+    energy: EnergyOpt = None,
+    scan_step: ScanStepOpt = None,
     progress: ProgressOpt = True,
 ):
     """Map strain and phase of a datacube with a trained bundle."""
@@ -261,7 +320,7 @@ def predict(
     _check_output(out)
     try:
         net = ccstae.load(model, profile=refine)
-        cube = _open(input, dataset, scan_shape, dark, mask, bin)
+        cube = _open(input, dataset, scan_shape, dark, mask, bin, q_pixel_size, energy, scan_step)
         if tuple(cube.pattern_shape) != tuple(net.pattern_shape):
             raise InputError(
                 f"{input}: patterns are {cube.pattern_shape[0]}x{cube.pattern_shape[1]} but the model was trained "
@@ -273,7 +332,7 @@ def predict(
                              bundle=bundle_provenance(model))
     except (InputError, ValueError) as e:
         _fail(e)
-    _report(res, time.perf_counter() - t0, out)
+    _report(res, time.perf_counter() - t0, out, cube)
 
 
 @app.command()

@@ -15,19 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage, special
 
-from stemae.data.calibration import Calibration
+from stemae.data.calibration import Calibration, electron_wavelength
 from stemae.geometry import (
     deformation_from_strain,
     reciprocal_from_deformation,
     rotation_matrix,
     strain_from_deformation,
 )
-
-
-def electron_wavelength(energy_kev: float) -> float:
-    """Relativistic electron wavelength in angstrom for a beam energy in keV."""
-    v = energy_kev * 1e3
-    return 12.264259 / np.sqrt(v * (1 + 0.978476e-6 * v))
 
 
 @dataclass(frozen=True)

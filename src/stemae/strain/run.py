@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from stemae.data import Datacube, write_results
+from stemae.data.calibration import lattice_in_angstrom
 from stemae.errors import InputError
 from stemae.nn.device import resolve_device
 from stemae.geometry import CONVENTIONS
@@ -161,10 +162,12 @@ def write_strain_results(datacube: Datacube, out_dir, res: dict, extra_attrs: di
     out_dir = Path(out_dir)
     mask = res["reference"]
     arrays = {k: (res[k], *ARRAY_INFO[k]) for k in ARRAY_INFO if k in res}
+    q = datacube.calibration.inverse_angstrom_per_pixel()
     attrs = {
         "conventions": CONVENTIONS,
         "method": res["method"],
         "reference_basis_px": res["g_ref"],
+        **({"reference_lattice": lattice_in_angstrom(res["g_ref"], q)} if q else {}),
         "disk_radius_px": res["radius"],
         "calibration": datacube.calibration.to_attrs(),
         "source": datacube.source,
