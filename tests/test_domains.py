@@ -218,8 +218,20 @@ def test_series_table(mapped):
         fr = [float(r[f"fraction_{k}"]) for k in range(info["n_clusters"])]
         np.testing.assert_allclose(fr, maps["fractions"][t], atol=1e-4)
         assert sum(fr) == pytest.approx(1.0, abs=1e-3)
+        # The domain-free type has no wall angle or period: empty cells, not "nan".
+        assert r["orientation_0_deg"] == "" and r["period_0_px"] == ""
+        assert all(r[f"orientation_{k}_deg"] != "" for k in range(1, info["n_clusters"]) if float(r[f"fraction_{k}"]))
     with pytest.raises(InputError, match="3 labels for 2 frames"):
         parse_labels("1,2,3", 2)
+
+
+def test_types_do_not_depend_on_the_seed(images, mapped):
+    """Another seed trains another autoencoder, but the types come from the
+    spectra: the same types with the same numbers and the same map."""
+    maps, info, _ = mapped
+    other, other_info, _ = map_domains(images.images, epochs=2, seed=5)
+    assert other_info["type_angles"] == info["type_angles"]
+    np.testing.assert_array_equal(other["segmentation"], maps["segmentation"])
 
 
 def test_images_of_different_sizes_are_refused(tmp_path):

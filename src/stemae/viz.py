@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.colors
 import matplotlib.patches
 import matplotlib.ticker
 
@@ -211,13 +212,21 @@ def _frames_grid(n: int):
     return plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), constrained_layout=True, squeeze=False)
 
 
+def type_colours(n: int) -> matplotlib.colors.ListedColormap:
+    """``n`` distinct saturated colours (tab10, then tab20, without their
+    greys, which vanish on a grey image)."""
+    base = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]
+    extra = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i % 2 and i not in (15,)]
+    return matplotlib.colors.ListedColormap((base + extra)[:n])
+
+
 def plot_segmentation(images: np.ndarray, maps: dict, names, path) -> Path:
     """Each frame with its domain types overlaid (one colour per type).
 
     ``images`` (T, H, W); ``maps`` from :func:`stemae.domains.run.map_domains`."""
     seg, centres = maps["segmentation"], maps["centres"]
     K = maps["fractions"].shape[1]
-    cmap = plt.get_cmap("tab10", max(K, 2))
+    cmap = type_colours(max(K, 2))
     fig, axes = _frames_grid(len(images))
     step = (centres[-1, -1] - centres[0, 0]) / np.maximum(np.array(seg.shape[1:]) - 1, 1) / 2
     extent = (centres[0, 0, 1] - step[1], centres[0, -1, 1] + step[1],

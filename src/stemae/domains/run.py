@@ -224,7 +224,8 @@ DESCRIPTIONS = {
 
 def fractions_table(names, labels, maps: dict) -> str:
     """CSV text: one row per frame with its name, label (e.g. temperature) and,
-    per domain type ``k``, ``fraction_k``, ``orientation_k_deg``, ``period_k_px``."""
+    per domain type ``k``, ``fraction_k``, ``orientation_k_deg``, ``period_k_px``
+    (empty for the domain-free type and where a type is absent)."""
     K = maps["fractions"].shape[1]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -234,10 +235,16 @@ def fractions_table(names, labels, maps: dict) -> str:
     for t, name in enumerate(names):
         row = [t, name, labels[t]]
         for k in range(K):
-            row += [f"{maps['fractions'][t, k]:.4f}", f"{maps['type_orientation'][t, k]:.2f}",
-                    f"{maps['type_period'][t, k]:.2f}"]
+            row += [f"{maps['fractions'][t, k]:.4f}", _cell(maps["type_orientation"][t, k]),
+                    _cell(maps["type_period"][t, k])]
         w.writerow(row)
     return buf.getvalue()
+
+
+def _cell(value: float) -> str:
+    """A table cell: two decimals, or empty where there is no value (the
+    domain-free type has no wall angle or period, nor an absent type)."""
+    return "" if not np.isfinite(value) else f"{value:.2f}"
 
 
 def parse_labels(text: str | None, n_frames: int) -> tuple[list, str]:
