@@ -41,6 +41,28 @@ def test_simulate_then_strain_end_to_end(tmp_path):
     err = strain_errors(arrays, truth_strain_maps(truth, ref, np.asarray(attrs["reference_basis_px"])), arrays["valid"])
     assert err["e_xx"] < 1e-3 and err["theta"] < 0.1
 
+    # Diagnostics: virtual images, mean and maximum pattern, Bragg vector map.
+    raw = np.asarray(read_datacube(data).data, dtype=np.float64)
+    np.testing.assert_allclose(arrays["mean_pattern"], raw.mean((0, 1)), rtol=1e-5)
+    np.testing.assert_array_equal(arrays["max_pattern"], raw.max((0, 1)))
+    x0, y0 = arrays["origin"][7, 9]
+    yy, xx = np.mgrid[0:128, 0:128]
+    inside = (xx - x0) ** 2 + (yy - y0) ** 2 <= attrs["disk_radius_px"] ** 2
+    assert arrays["virtual_bf"][7, 9] == pytest.approx(raw[7, 9][inside].sum(), rel=1e-5)
+    assert 0 < arrays["virtual_df"][7, 9] < raw[7, 9].sum() - arrays["virtual_bf"][7, 9]
+    h, k = np.meshgrid(np.arange(-2, 3), np.arange(-2, 3))
+    pts = (h.ravel()[None, :, None] * arrays["g1"][arrays["valid"]][:, None]
+           + k.ravel()[None, :, None] * arrays["g2"][arrays["valid"]][:, None] + 64)
+    on_detector = ((pts > -0.5) & (pts < 127.5)).all(-1).sum()
+    assert arrays["bragg_vector_map"].sum() == on_detector > 20 * arrays["valid"].sum()
+    assert (out / "diagnostics.png").exists()
+    # Any position's pattern with its fitted lattice.
+    r = runner.invoke(app, ["show", str(data), "--results", str(out), "--at", "7,9"])
+    assert r.exit_code == 0, r.output
+    assert (out / "pattern_7_9.png").exists() and f"e_xx {arrays['e_xx'][7, 9]:+.4f}" in r.output
+    r = runner.invoke(app, ["show", str(data), "--results", str(out), "--at", "7,99"])
+    assert r.exit_code == 2 and "outside the 24x24 scan" in r.output
+
     # A second run replaces the store atomically and leaves no temporary files.
     r = runner.invoke(app, ["strain", str(data), "--out", str(out), "--method", "com", "--no-progress"])
     # The whole scan holds two phases: no lattice to measure against.

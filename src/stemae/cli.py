@@ -479,6 +479,51 @@ def domains(
 
 
 @app.command()
+def show(
+    input: Path = typer.Argument(..., help="The datacube the results were made from."),
+    results: Path = typer.Option(..., "--results", "-r", help="Results folder (with strain.zarr) or the store."),
+    at: str = typer.Option(..., help="Scan position ROW,COL."),
+    out: Path = typer.Option(None, "--out", "-o", help="Figure to write (default RESULTS/pattern_ROW_COL.png)."),
+    dataset: DatasetOpt = None,
+    scan_shape: ScanShapeOpt = None,
+    dark: DarkOpt = None,
+    mask: MaskOpt = None,
+    bin: BinOpt = 1,
+):
+    """Draw one scan position's pattern with its fitted lattice and print its maps' values."""
+    import numpy as np
+
+    from stemae.data import read_results
+    from stemae.viz import plot_lattice
+
+    store = results if results.suffix == ".zarr" else results / "strain.zarr"
+    try:
+        row, col = _shape(at, "--at")
+        if out is None:
+            out = store.parent / f"pattern_{row}_{col}.png"
+        _check_output(out, "file")
+        arrays, attrs = read_results(store)
+        Ry, Rx = arrays["valid"].shape
+        if not (0 <= row < Ry and 0 <= col < Rx):
+            raise InputError(f"--at {row},{col} is outside the {Ry}x{Rx} scan")
+        cube = _open(input, dataset, scan_shape, dark, mask, bin)
+        if cube.scan_shape != (Ry, Rx) or list(cube.pattern_shape) != attrs["pattern_shape"]:
+            raise InputError(f"{input} is a {cube.scan_shape} scan of {cube.pattern_shape} patterns but the results "
+                             f"are of a {(Ry, Rx)} scan of {tuple(attrs['pattern_shape'])} patterns")
+        pattern = np.asarray(cube.data[row, col], dtype=np.float32)
+    except (InputError, ValueError) as e:
+        _fail(e)
+    G = np.stack([arrays["g1"][row, col], arrays["g2"][row, col]], -1).astype(np.float64)
+    values = ", ".join(f"{k} {arrays[k][row, col]:+.4f}" for k in ("e_xx", "e_yy", "e_xy", "theta"))
+    state = "valid" if arrays["valid"][row, col] else "NOT valid"
+    phase = f", phase {arrays['phase'][row, col]}" if "phase" in arrays else ""
+    if np.isfinite(G).all():
+        plot_lattice(pattern, arrays["origin"][row, col], G, attrs["disk_radius_px"], out,
+                     title=f"({row}, {col}) {state}{phase}: fitted lattice")
+    typer.echo(f"({row}, {col}): {state}{phase}; {values} (theta in deg); wrote {out}")
+
+
+@app.command()
 def info(
     input: Path = typer.Argument(..., help="Datacube file."),
     dataset: DatasetOpt = None,

@@ -156,25 +156,58 @@ def plot_lattice(pattern: np.ndarray, origin, G: np.ndarray, radius: float, path
     return _save(fig, path)
 
 
-def plot_phase_map(phase: np.ndarray, probabilities: np.ndarray, path) -> Path:
-    """Phase (class) map and the probability of the chosen class.
+def plot_phase_map(phase: np.ndarray, probabilities: np.ndarray, path, names=None) -> Path:
+    """Phase (class) map and how sure each position's class is.
 
     Parameters
     ----------
     phase : int (Ry, Rx); probabilities : (Ry, Rx, K)
+    names : K labels of the classes (e.g. their d-spacings), default "class k"
+
+    The confidence panel shows ``-log10(1 - p)`` of the chosen class's
+    probability ``p`` (6 where ``p`` rounds to 1): near-certain positions
+    are bright, doubtful ones (a boundary, a weak pattern) dark.
     """
     fig, axes = plt.subplots(1, 2, figsize=(9, 4), constrained_layout=True)
     K = probabilities.shape[-1]
-    im = axes[0].imshow(phase, cmap=plt.get_cmap("tab10", max(K, 2)), vmin=-0.5, vmax=max(K, 2) - 0.5,
+    im = axes[0].imshow(phase, cmap=type_colours(max(K, 2)), vmin=-0.5, vmax=max(K, 2) - 0.5,
                         interpolation="nearest")
-    fig.colorbar(im, ax=axes[0], ticks=range(max(K, 2)), label="class")
+    bar = fig.colorbar(im, ax=axes[0], ticks=range(K))
+    bar.ax.set_yticklabels(names if names is not None else [f"class {k}" for k in range(K)], fontsize=8)
     axes[0].set_title("phase")
-    im = axes[1].imshow(probabilities.max(-1), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-    fig.colorbar(im, ax=axes[1], label="probability")
-    axes[1].set_title("class probability")
+    doubt = np.clip(1.0 - probabilities.max(-1).astype(np.float64), 1e-6, 1.0)
+    im = axes[1].imshow(-np.log10(doubt), cmap="viridis", vmin=0, vmax=6, interpolation="nearest")
+    fig.colorbar(im, ax=axes[1], label="-log10(1 - p)")
+    axes[1].set_title("class confidence")
     for ax in axes:
         ax.set_xlabel("scan column")
         ax.set_ylabel("scan row")
+    return _save(fig, path)
+
+
+def plot_diagnostics(stats: dict, path, com: np.ndarray | None = None) -> Path:
+    """Mean and maximum pattern, Bragg vector map, virtual bright and dark
+    field (and, given ``com`` (Ry, Rx, 2), the centre-of-mass shift, DPC-like,
+    along x and y about its median)."""
+    panels = [("mean pattern (log)", np.log1p(stats["mean_pattern"]), "gray"),
+              ("maximum pattern (log)", np.log1p(stats["max_pattern"]), "gray"),
+              ("Bragg vector map (sqrt)", np.sqrt(stats["bragg_vector_map"]), "magma"),
+              ("virtual bright field", stats["virtual_bf"], "gray"),
+              ("virtual dark field", stats["virtual_df"], "gray")]
+    if com is not None:
+        shift = com - np.nanmedian(com.reshape(-1, 2), 0)
+        panels += [("centre of mass, x shift (px)", shift[..., 0], "RdBu_r"),
+                   ("centre of mass, y shift (px)", shift[..., 1], "RdBu_r")]
+    cols = 4 if len(panels) > 6 else 3
+    fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(3.6 * cols, 3.4 * -(-len(panels) // cols)),
+                             constrained_layout=True, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (title, img, cmap) in zip(axes.flat, panels):
+        lo, hi = (0.0, float(img.max()) or 1.0) if cmap == "magma" else _limits(img, cmap == "RdBu_r")
+        im = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+        ax.set_title(title, fontsize=9)
     return _save(fig, path)
 
 

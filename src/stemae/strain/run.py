@@ -14,10 +14,12 @@ from stemae.geometry import CONVENTIONS
 from stemae.nn.bundle import bundle_provenance
 from stemae.strain import ccstae
 from stemae.strain.classical import map_strain
+from stemae.strain.diagnostics import bragg_vector_map, pattern_statistics
 from stemae.data.blocks import read_patterns
 from stemae.strain.pooled import aligned_sum
 from stemae.viz import (
     plot_bases,
+    plot_diagnostics,
     plot_lattice,
     plot_loss,
     plot_phase_map,
@@ -30,7 +32,7 @@ METHODS = ("ccstae", "xcorr", "com")
 #: Every figure a strain run may write; those a run does not write are
 #: removed from its folder, so no figure of an earlier run stays beside
 #: new results.
-FIGURES = ("strain_maps.png", "uncertainty_maps.png", "reference_lattice.png", "phase_map.png", "bases.png",
+FIGURES = ("strain_maps.png", "diagnostics.png", "uncertainty_maps.png", "reference_lattice.png", "phase_map.png", "bases.png",
            "virtual_dark_field.png", "loss.png")
 
 #: Dimension names of the scan axes in the results store.
@@ -60,6 +62,14 @@ ARRAY_INFO = {
     "probabilities": ("", "class probabilities, last axis over bases", SCAN + ("class",)),
     "bases": ("px", "learned base reciprocal bases (K, 2, 2), columns g1, g2", ("class", "xy", "vector")),
     "loss": ("", "training cycle loss per epoch", ("epoch",)),
+    "virtual_bf": ("counts", "virtual bright field: counts within the disk radius of each pattern's central beam",
+                   SCAN),
+    "virtual_df": ("counts", "virtual annular dark field: counts beyond 1.5 disk radii of each pattern's central beam",
+                   SCAN),
+    "mean_pattern": ("counts", "mean diffraction pattern", ("qy", "qx")),
+    "max_pattern": ("counts", "largest count of every detector pixel over the scan", ("qy", "qx")),
+    "bragg_vector_map": ("count", "fitted reflections h g1 + k g2 (|h|, |k| <= 2) of every valid pattern, about the "
+                                  "detector centre", ("qy", "qx")),
     "reference": ("", "reference region (unstrained lattice): the positions whose mean lattice is the reference "
                       "(less outliers)", SCAN),
 }
@@ -91,7 +101,8 @@ def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, refere
     written = write_strain_results(datacube, out_dir, res,
                                    extra_attrs={"training": record or {}, "disk_profile": model.profile,
                                                 **({"bundle": bundle} if bundle else {})})
-    written += [plot_phase_map(res["phase"], res["probabilities"], out_dir / "phase_map.png"),
+    written += [plot_phase_map(res["phase"], res["probabilities"], out_dir / "phase_map.png",
+                               phase_names(res["bases"], datacube.calibration.inverse_angstrom_per_pixel())),
                 plot_bases(res["bases"], res["hk"], res["radius"], datacube.pattern_shape,
                            model.center.cpu().numpy(), out_dir / "bases.png"),
                 plot_virtual_dark_field(res["disk_intensity"], res["hk"], out_dir / "virtual_dark_field.png")]
@@ -140,6 +151,15 @@ def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference
     return res
 
 
+def phase_names(bases: np.ndarray, q_per_px: float | None) -> list[str]:
+    """A label per learned base (K, 2, 2): its two plane spacings, in
+    angstrom when the detector is calibrated (else |g| in px)."""
+    g = np.linalg.norm(bases, axis=1)  # (K, 2): |g1|, |g2|
+    if q_per_px:
+        return [f"{k}: d {1 / (a * q_per_px):.3f}, {1 / (b * q_per_px):.3f} A" for k, (a, b) in enumerate(g)]
+    return [f"{k}: |g| {a:.2f}, {b:.2f} px" for k, (a, b) in enumerate(g)]
+
+
 def _check_phase(reference_phase: int | None, classes: int) -> None:
     if reference_phase is not None and not 0 <= reference_phase < classes:
         raise InputError(f"reference phase {reference_phase} does not exist: the model has {classes} phase(s), "
@@ -161,6 +181,9 @@ def write_strain_results(datacube: Datacube, out_dir, res: dict, extra_attrs: di
     returns the figures' paths."""
     out_dir = Path(out_dir)
     mask = res["reference"]
+    G = np.stack([res["g1"], res["g2"]], -1)
+    res = {**res, **pattern_statistics(datacube.data, res["origin"], res["radius"]),
+           "bragg_vector_map": bragg_vector_map(G, res["valid"], datacube.pattern_shape)}
     arrays = {k: (res[k], *ARRAY_INFO[k]) for k in ARRAY_INFO if k in res}
     q = datacube.calibration.inverse_angstrom_per_pixel()
     attrs = {
@@ -177,7 +200,8 @@ def write_strain_results(datacube: Datacube, out_dir, res: dict, extra_attrs: di
         **(extra_attrs or {}),
     }
     write_results(out_dir / "strain.zarr", arrays, attrs)
-    written = [plot_strain_maps(res, out_dir / "strain_maps.png", res["valid"], title=f"strain ({res['method']})")]
+    written = [plot_strain_maps(res, out_dir / "strain_maps.png", res["valid"], title=f"strain ({res['method']})"),
+               plot_diagnostics(res, out_dir / "diagnostics.png", res.get("com"))]
     if "sigma_e_xx" in res:
         written.append(plot_uncertainty_maps(res, out_dir / "uncertainty_maps.png", res["valid"]))
     cells = np.argwhere(mask & res["valid"])
