@@ -199,6 +199,17 @@ def test_calibrated_lattice_in_angstrom(tmp_path):
         assert lattice["a_A"] == pytest.approx(a_true, rel=2e-3), name
         assert lattice["b_A"] == pytest.approx(a_true, rel=2e-3) and lattice["gamma_deg"] == pytest.approx(120, abs=0.2)
         assert f"a = {lattice['a_A']:.4f} A" in r.output
+    # HyperSpy opens the exported maps with the scan calibrated (0.5 nm steps).
+    import hyperspy.api as hs
+    r = runner.invoke(app, ["export", str(tmp_path / "file")])
+    assert r.exit_code == 0, r.output
+    arrays = read_results(tmp_path / "file" / "strain.zarr")[0]
+    sig = hs.load(tmp_path / "file" / "strain.hspy")
+    assert sig.data.shape == (4, 16, 16) and sig.axes_manager.navigation_shape == (4,)
+    for ax in sig.axes_manager.signal_axes:
+        assert ax.scale == pytest.approx(cal.r_pixel_size) and ax.units == cal.r_units
+    np.testing.assert_array_equal(sig.data[0], np.where(arrays["valid"], arrays["e_xx"], np.nan))
+    assert hs.load(tmp_path / "file" / "strain_sigma.hspy").data.shape == (4, 16, 16)
     # Without a calibration the lengths stay in pixels, and the user is told.
     r = runner.invoke(app, ["strain", str(tmp_path / "bare.npy"), "--method", "xcorr", "--reference", "0:16,0:3",
                             "--out", str(tmp_path / "px"), "--no-progress"])

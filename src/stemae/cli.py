@@ -524,6 +524,24 @@ def show(
 
 
 @app.command()
+def export(
+    results: Path = typer.Argument(..., help="Results folder (with strain.zarr) or the store."),
+    out: Path = typer.Option(None, "--out", "-o", help="Folder for the files (default: the results folder)."),
+):
+    """Write strain maps as HyperSpy signals (strain.hspy, strain_sigma.hspy) with calibrated scan axes."""
+    from stemae.data.export import export_hyperspy
+
+    store = results if results.suffix == ".zarr" else results / "strain.zarr"
+    if out is not None:
+        _check_output(out)
+    try:
+        paths = export_hyperspy(store, out)
+    except InputError as e:
+        _fail(e)
+    typer.echo("wrote " + ", ".join(map(str, paths)) + " (hyperspy.api.load opens them)")
+
+
+@app.command()
 def info(
     input: Path = typer.Argument(..., help="Datacube file."),
     dataset: DatasetOpt = None,
