@@ -86,6 +86,8 @@ def test_simulate_then_strain_end_to_end(tmp_path):
         (["strain", "{d}", "--mask", "{d}x.npy"], "--mask {d}x.npy: no such file"),
         (["strain", "{d}", "--dark", "{d}"], "--dark {d} is 4x4x64x64 but the patterns are 64x64"),
         (["strain", "{d}", "--bin", "0"], "--bin 0: must be at least 1"),
+        (["strain", "{d}", "--method", "xcorr", "--classes", "2"], "--classes apply to ccstae only, not to xcorr"),
+        (["strain", "{d}", "--classes", "0"], "--classes must be at least 1"),
     ],
 )
 def test_bad_input_gives_one_clear_error(tmp_path, args, message):

@@ -16,6 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,
 )
 
 
@@ -51,8 +52,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ):
     """Strain, phase and domain maps from STEM data."""
 
@@ -73,17 +75,23 @@ def _fail(e: Exception) -> None:
 
 @app.command()
 def simulate(
-    out: Path = typer.Argument(..., help="Output file: .h5 or .zarr (data plus a 'truth' group)."),
-    preset: str = typer.Option("heterostructure", help="heterostructure (WS2/WSe2) or polycrystal."),
-    scan: str = typer.Option("64x64", help="Scan shape, rows x cols."),
-    pattern: str = typer.Option("128x128", help="Detector shape in pixels, rows x cols (any size)."),
-    dose: float = typer.Option(1e5, help="Mean electrons per pattern (Poisson noise); 0 for noise-free."),
-    background: float = typer.Option(0.0, help="Fraction of electrons in a diffuse Lorentzian background."),
-    descan: float = typer.Option(0.0, help="Drift of the pattern centre across the scan, pixels."),
-    central_fraction: Optional[float] = typer.Option(
-        None, help="Fraction of electrons in the central beam (0.97 for a monolayer); preset default if unset."
+    out: Path = typer.Argument(..., metavar="PATH", help="Output file: .h5 or .zarr (data plus a 'truth' group)."),
+    preset: str = typer.Option("heterostructure", metavar="NAME", help="heterostructure (WS2/WSe2) or polycrystal."),
+    scan: str = typer.Option("64x64", metavar="ROWSxCOLS", help="Scan shape, rows x cols."),
+    pattern: str = typer.Option(
+        "128x128", metavar="ROWSxCOLS", help="Detector shape in pixels, rows x cols (any size)."
     ),
-    seed: int = typer.Option(0, help="Random seed."),
+    dose: float = typer.Option(1e5, metavar="X", help="Mean electrons per pattern (Poisson noise); 0 for noise-free."),
+    background: float = typer.Option(
+        0.0, metavar="X", help="Fraction of electrons in a diffuse Lorentzian background."
+    ),
+    descan: float = typer.Option(0.0, metavar="PX", help="Drift of the pattern centre across the scan, pixels."),
+    central_fraction: Optional[float] = typer.Option(
+        None,
+        metavar="X",
+        help="Fraction of electrons in the central beam (0.97 for a monolayer); preset default if unset.",
+    ),
+    seed: int = typer.Option(0, metavar="N", help="Random seed."),
 ):
     """Simulate a 4D-STEM dataset with its ground truth (strain, rotation, phase, lattice)."""
     from stemae.data import write_datacube
@@ -94,35 +102,56 @@ def simulate(
         if preset not in PRESETS:
             raise InputError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
         kw = {} if central_fraction is None else {"central_fraction": central_fraction}
-        sim = PRESETS[preset](_shape(scan, "--scan"), _shape(pattern, "--pattern"),
-                              dose=dose or None, background=background, descan=descan, seed=seed, **kw)
+        sim = PRESETS[preset](
+            _shape(scan, "--scan"),
+            _shape(pattern, "--pattern"),
+            dose=dose or None,
+            background=background,
+            descan=descan,
+            seed=seed,
+            **kw,
+        )
         write_datacube(out, sim.data, sim.calibration, {"truth": sim.truth})
     except InputError as e:
         _fail(e)
     typer.echo(f"wrote {out}: {sim.data.shape} {preset}, disk radius {sim.radius:.2f} px")
 
 
-DatasetOpt = Annotated[Optional[str], typer.Option(help="Dataset (HDF5) or array (zarr) name inside the file.")]
-ScanShapeOpt = Annotated[Optional[str], typer.Option(help="Scan shape ROWSxCOLS for a stack of patterns.")]
+DatasetOpt = Annotated[
+    Optional[str], typer.Option(metavar="NAME", help="Dataset (HDF5) or array (zarr) name inside the file.")
+]
+ScanShapeOpt = Annotated[
+    Optional[str], typer.Option(metavar="ROWSxCOLS", help="Scan shape ROWSxCOLS for a stack of patterns.")
+]
 ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
-DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto (a GPU when PyTorch sees one).")]
+DeviceOpt = Annotated[str, typer.Option(metavar="DEVICE", help="cpu, cuda or auto (a GPU when PyTorch sees one).")]
 ReferenceOpt = Annotated[
     Optional[str],
-    typer.Option(help="Unstrained reference region R0:R1,C0:C1 (scan rows, cols, end exclusive) of one phase or "
-                      "grain; default the whole scan (refused if it holds several lattices)."),
+    typer.Option(
+        metavar="R0:R1,C0:C1",
+        help="Unstrained reference region R0:R1,C0:C1 (scan rows, cols, end exclusive) of one phase or "
+        "grain; default the whole scan (refused if it holds several lattices).",
+    ),
 ]
 ReferencePhaseOpt = Annotated[
     Optional[int],
-    typer.Option(help="ccstae: the reference is this phase's positions (in --reference, or the whole scan)."),
+    typer.Option(
+        metavar="K", help="ccstae: the reference is this phase's positions (in --reference, or the whole scan)."
+    ),
 ]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory.")]
-ClassesOpt = Annotated[int, typer.Option(help="CC-ST-AE: number of bases (phases or grain types).")]
-EpochsOpt = Annotated[int, typer.Option(help="CC-ST-AE: training epochs.")]
-SeedOpt = Annotated[int, typer.Option(help="Random seed (results are deterministic for a seed).")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", metavar="PATH", help="Output directory.")]
+ClassesOpt = Annotated[
+    Optional[int], typer.Option(metavar="K", help="CC-ST-AE: number of bases (phases or grain types).  [default: 1]")
+]
+EpochsOpt = Annotated[Optional[int], typer.Option(metavar="N", help="CC-ST-AE: training epochs.  [default: 3]")]
+SeedOpt = Annotated[int, typer.Option(metavar="N", help="Random seed (results are deterministic for a seed).")]
 RefineOpt = Annotated[
-    str,
-    typer.Option(help="CC-ST-AE disk profiles: voigt (pseudo-Voigt edges fitted to the measured central and Bragg "
-                      "disks) or template (the measurements themselves)."),
+    Optional[str],
+    typer.Option(
+        metavar="PROFILE",
+        help="CC-ST-AE disk profiles: voigt (pseudo-Voigt edges fitted to the measured central and Bragg "
+        "disks) or template (the measurements themselves).  [default: voigt]",
+    ),
 ]
 
 
@@ -134,23 +163,33 @@ def _read(input: Path, dataset, scan_shape):
 
 DarkOpt = Annotated[
     Optional[str],
-    typer.Option(help="Subtract a pedestal (counts, e.g. 100) or a dark reference image (.npy or TIFF, detector-"
-                      "shaped) from every pattern."),
+    typer.Option(
+        metavar="COUNTS|FILE",
+        help="Subtract a pedestal (counts, e.g. 100) or a dark reference image (.npy or TIFF, detector-"
+        "shaped) from every pattern.",
+    ),
 ]
 MaskOpt = Annotated[
     Optional[Path],
-    typer.Option(help="Detector mask (.npy or TIFF, detector-shaped), nonzero at bad pixels; they are filled from "
-                      "their neighbours, as NaN or Inf pixels always are."),
+    typer.Option(
+        metavar="FILE",
+        help="Detector mask (.npy or TIFF, detector-shaped), nonzero at bad pixels; they are filled from "
+        "their neighbours, as NaN or Inf pixels always are.",
+    ),
 ]
-BinOpt = Annotated[int, typer.Option("--bin", help="Sum BIN x BIN detector pixels.")]
+BinOpt = Annotated[int, typer.Option("--bin", metavar="N", help="Sum BIN x BIN detector pixels.")]
 QPixelOpt = Annotated[
     Optional[str],
-    typer.Option(help="Detector pixel size with its units, e.g. 0.0104/A or 0.21mrad (mrad needs --energy); "
-                      "overrides the file's."),
+    typer.Option(
+        metavar="SIZE",
+        help="Detector pixel size with its units, e.g. 0.0104/A or 0.21mrad (mrad needs --energy); "
+        "overrides the file's.",
+    ),
 ]
-EnergyOpt = Annotated[Optional[float], typer.Option(help="Beam energy in keV; overrides the file's.")]
+EnergyOpt = Annotated[Optional[float], typer.Option(metavar="KEV", help="Beam energy in keV; overrides the file's.")]
 ScanStepOpt = Annotated[
-    Optional[str], typer.Option(help="Scan step with its units, e.g. 0.3nm or 3A; overrides the file's."),
+    Optional[str],
+    typer.Option(metavar="STEP", help="Scan step with its units, e.g. 0.3nm or 3A; overrides the file's."),
 ]
 
 
@@ -185,8 +224,17 @@ def _calibrated(cube, q_pixel_size: Optional[str], energy: Optional[float], scan
     return replace(cube, calibration=cal)
 
 
-def _open(input: Path, dataset, scan_shape, dark: Optional[str] = None, mask: Optional[Path] = None, bin: int = 1,
-          q_pixel_size: Optional[str] = None, energy: Optional[float] = None, scan_step: Optional[str] = None):
+def _open(
+    input: Path,
+    dataset,
+    scan_shape,
+    dark: Optional[str] = None,
+    mask: Optional[Path] = None,
+    bin: int = 1,
+    q_pixel_size: Optional[str] = None,
+    energy: Optional[float] = None,
+    scan_step: Optional[str] = None,
+):
     """Read a datacube, calibrate it and prepare it (:func:`stemae.data.prepare.prepare`)."""
     from stemae.data.prepare import prepare, read_detector_array
 
@@ -203,16 +251,20 @@ def _open(input: Path, dataset, scan_shape, dark: Optional[str] = None, mask: Op
 
 @app.command()
 def strain(
-    input: Path = typer.Argument(..., help="Datacube: .npy, .h5/.emd (py4DSTEM too), .zarr, .mib, .blo, .dm4, ..."),
+    input: Path = typer.Argument(
+        ..., metavar="INPUT", help="Datacube: .npy, .h5/.emd (py4DSTEM too), .zarr, .mib, .blo, .dm4, ..."
+    ),
     out: OutOpt = Path("stemae-results"),
     method: str = typer.Option(
-        "ccstae", help="ccstae (learned; trains on the data), xcorr (template cross-correlation) or com (disk centroids)."
+        "ccstae",
+        metavar="METHOD",
+        help="ccstae (learned; trains on the data), xcorr (template cross-correlation) or com (disk centroids).",
     ),
     reference: ReferenceOpt = None,
     reference_phase: ReferencePhaseOpt = None,
-    classes: ClassesOpt = 1,
-    epochs: EpochsOpt = 3,
-    refine: RefineOpt = "voigt",
+    classes: ClassesOpt = None,
+    epochs: EpochsOpt = None,
+    refine: RefineOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
     dataset: DatasetOpt = None,
@@ -231,14 +283,41 @@ def strain(
 
     _check_output(out)
     try:
+        given = [
+            name for name, v in (("--classes", classes), ("--epochs", epochs), ("--refine", refine)) if v is not None
+        ]
+        if method != "ccstae" and given:
+            raise InputError(f"{', '.join(given)} apply to ccstae only, not to {method}")
+        classes, epochs, refine = _ccstae_settings(classes, epochs, refine)
         cube = _open(input, dataset, scan_shape, dark, mask, bin, q_pixel_size, energy, scan_step)
         t0 = time.perf_counter()
-        res = run_strain(cube, out, method=method, reference=_box(reference), reference_phase=reference_phase,
-                         classes=classes, epochs=epochs,
-                         refine=refine, seed=seed, device=device, progress=progress)
+        res = run_strain(
+            cube,
+            out,
+            method=method,
+            reference=_box(reference),
+            reference_phase=reference_phase,
+            classes=classes,
+            epochs=epochs,
+            refine=refine,
+            seed=seed,
+            device=device,
+            progress=progress,
+        )
     except (InputError, ValueError) as e:
         _fail(e)
     _report(res, time.perf_counter() - t0, out, cube)
+
+
+def _ccstae_settings(classes, epochs, refine) -> tuple[int, int, str]:
+    """The CC-ST-AE's settings with their defaults, checked."""
+    classes = 1 if classes is None else classes
+    epochs = 3 if epochs is None else epochs
+    if classes < 1:
+        raise InputError(f"--classes must be at least 1 (one base per phase or grain type), got {classes}")
+    if epochs < 1:
+        raise InputError(f"--epochs must be at least 1, got {epochs}")
+    return classes, epochs, refine or "voigt"
 
 
 def _report(res: dict, seconds: float, out: Path, cube) -> None:
@@ -252,19 +331,23 @@ def _report(res: dict, seconds: float, out: Path, cube) -> None:
     q = cube.calibration.inverse_angstrom_per_pixel()
     if q:
         lat = lattice_in_angstrom(res["g_ref"], q)
-        typer.echo(f"reference lattice: a = {lat['a_A']:.4f} A, b = {lat['b_A']:.4f} A, gamma = {lat['gamma_deg']:.2f} "
-                   f"deg; d-spacings of g1, g2: {lat['d1_A']:.4f}, {lat['d2_A']:.4f} A")
+        typer.echo(
+            f"reference lattice: a = {lat['a_A']:.4f} A, b = {lat['b_A']:.4f} A, gamma = {lat['gamma_deg']:.2f} "
+            f"deg; d-spacings of g1, g2: {lat['d1_A']:.4f}, {lat['d2_A']:.4f} A"
+        )
     else:
         typer.echo("no detector calibration: lengths are in detector pixels (give --q-pixel-size for angstrom)")
 
 
 @app.command()
 def train(
-    input: Path = typer.Argument(..., help="Datacube to train on."),
-    model: Path = typer.Option(..., "--model", "-m", help="Bundle folder to write (config.json + weights.safetensors)."),
-    classes: ClassesOpt = 1,
-    epochs: EpochsOpt = 3,
-    refine: RefineOpt = "voigt",
+    input: Path = typer.Argument(..., metavar="INPUT", help="Datacube to train on."),
+    model: Path = typer.Option(
+        ..., "--model", "-m", metavar="BUNDLE", help="Bundle folder to write (config.json + weights.safetensors)."
+    ),
+    classes: ClassesOpt = None,
+    epochs: EpochsOpt = None,
+    refine: RefineOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
     dataset: DatasetOpt = None,
@@ -284,9 +367,11 @@ def train(
 
     _check_output(model, replaceable=CONFIG)
     try:
+        classes, epochs, refine = _ccstae_settings(classes, epochs, refine)
         cube = _open(input, dataset, scan_shape, dark, mask, bin, q_pixel_size, energy, scan_step)
-        net, record = train_model(cube, classes=classes, epochs=epochs, refine=refine, seed=seed, device=device,
-                                  progress=progress)
+        net, record = train_model(
+            cube, classes=classes, epochs=epochs, refine=refine, seed=seed, device=device, progress=progress
+        )
         ccstae.save(net, model, record)
     except (InputError, ValueError) as e:
         _fail(e)
@@ -295,12 +380,14 @@ def train(
 
 @app.command()
 def predict(
-    input: Path = typer.Argument(..., help="Datacube to map."),
-    model: Path = typer.Option(..., "--model", "-m", help="Bundle folder written by `stemae train`."),
+    input: Path = typer.Argument(..., metavar="INPUT", help="Datacube to map."),
+    model: Path = typer.Option(..., "--model", "-m", metavar="BUNDLE", help="Bundle folder written by `stemae train`."),
     out: OutOpt = Path("stemae-results"),
     reference: ReferenceOpt = None,
     reference_phase: ReferencePhaseOpt = None,
-    refine: Annotated[Optional[str], typer.Option(help="Disk profiles (voigt or template); default the bundle's.")] = None,
+    refine: Annotated[
+        Optional[str], typer.Option(metavar="PROFILE", help="Disk profiles (voigt or template); default the bundle's.")
+    ] = None,
     device: DeviceOpt = "cpu",
     dataset: DatasetOpt = None,
     scan_shape: ScanShapeOpt = None,
@@ -327,9 +414,16 @@ def predict(
                 f"on {net.pattern_shape[0]}x{net.pattern_shape[1]}"
             )
         t0 = time.perf_counter()
-        res = predict_strain(net, cube, out, reference=_box(reference), reference_phase=reference_phase,
-                             device=device, progress=progress,
-                             bundle=bundle_provenance(model))
+        res = predict_strain(
+            net,
+            cube,
+            out,
+            reference=_box(reference),
+            reference_phase=reference_phase,
+            device=device,
+            progress=progress,
+            bundle=bundle_provenance(model),
+        )
     except (InputError, ValueError) as e:
         _fail(e)
     _report(res, time.perf_counter() - t0, out, cube)
@@ -338,10 +432,10 @@ def predict(
 @app.command()
 def demo(
     out: OutOpt = Path("demo-results"),
-    scan: str = typer.Option("64x64", help="Scan shape."),
-    pattern: str = typer.Option("128x128", help="Detector shape."),
-    dose: float = typer.Option(1e5, help="Electrons per pattern."),
-    seed: int = typer.Option(0, help="Random seed."),
+    scan: str = typer.Option("64x64", metavar="ROWSxCOLS", help="Scan shape."),
+    pattern: str = typer.Option("128x128", metavar="ROWSxCOLS", help="Detector shape."),
+    dose: float = typer.Option(1e5, metavar="X", help="Electrons per pattern."),
+    seed: int = typer.Option(0, metavar="N", help="Random seed."),
 ):
     """Simulate a WS2/WSe2 heterostructure, map strain and phase with ccstae and xcorr, score both."""
     from stemae.data import Datacube, write_datacube
@@ -370,21 +464,27 @@ def demo(
     typer.echo(f"mean absolute error vs ground truth (reference: scan columns 0:{reference[1][1]}):")
     typer.echo("  method   seconds   e_xx      e_yy      e_xy      theta(deg)  valid")
     for method, dt, err, _ in rows:
-        typer.echo(f"  {method:7s} {dt:7.1f}   {err['e_xx']:.2e}  {err['e_yy']:.2e}  {err['e_xy']:.2e}  "
-                   f"{err['theta']:.3f}       {err['valid_fraction']:.0%}")
+        typer.echo(
+            f"  {method:7s} {dt:7.1f}   {err['e_xx']:.2e}  {err['e_yy']:.2e}  {err['e_xy']:.2e}  "
+            f"{err['theta']:.3f}       {err['valid_fraction']:.0%}"
+        )
     phase = rows[0][3]["phase"]
     typer.echo(f"ccstae phase map agrees with the truth at {(phase == sim.truth['phase']).mean():.1%} of positions")
-    typer.echo(f"results in {out}/ (ccstae: strain.zarr, strain_maps.png, phase_map.png, bases.png, loss.png; "
-               f"xcorr/ for the classical method; truth_maps.png)")
+    typer.echo(
+        f"results in {out}/ (ccstae: strain.zarr, strain_maps.png, phase_map.png, bases.png, loss.png; "
+        f"xcorr/ for the classical method; truth_maps.png)"
+    )
 
 
 @app.command("simulate-domains")
 def simulate_domains(
-    out: Path = typer.Argument(..., help="Output folder: one TIFF per frame plus truth.npz."),
-    temperatures: str = typer.Option("25,50,75,100,125,150,175,200", help="Series temperatures in C."),
-    size: str = typer.Option("1024x1024", help="Image shape, rows x cols."),
-    regions: int = typer.Option(16, help="Domain regions in the field of view."),
-    dose: float = typer.Option(200.0, help="Mean counts per pixel (Poisson); 0 for noise-free."),
+    out: Path = typer.Argument(..., metavar="PATH", help="Output folder: one TIFF per frame plus truth.npz."),
+    temperatures: str = typer.Option(
+        "25,50,75,100,125,150,175,200", metavar="T1,T2,...", help="Series temperatures in C."
+    ),
+    size: str = typer.Option("1024x1024", metavar="ROWSxCOLS", help="Image shape, rows x cols."),
+    regions: int = typer.Option(16, metavar="N", help="Domain regions in the field of view."),
+    dose: float = typer.Option(200.0, metavar="X", help="Mean counts per pixel (Poisson); 0 for noise-free."),
     seed: SeedOpt = 0,
 ):
     """Simulate a temperature series of BF-STEM images of ferroelectric stripe domains with truth."""
@@ -406,32 +506,53 @@ def simulate_domains(
             tifffile.imwrite(tmp, img)
     with atomic_path(out / "truth.npz") as tmp:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, labels=sim.labels, angle=sim.angle, period=sim.period,
-                                temperatures=sim.temperatures, types=np.array(DOMAIN_TYPES))
-    typer.echo(f"wrote {len(temps)} frames {sim.images.shape[1]}x{sim.images.shape[2]} to {out}/ "
-               f"(frame_<T>C.tif, truth.npz); truth fractions per frame:")
+            np.savez_compressed(
+                f,
+                labels=sim.labels,
+                angle=sim.angle,
+                period=sim.period,
+                temperatures=sim.temperatures,
+                types=np.array(DOMAIN_TYPES),
+            )
+    typer.echo(
+        f"wrote {len(temps)} frames {sim.images.shape[1]}x{sim.images.shape[2]} to {out}/ "
+        f"(frame_<T>C.tif, truth.npz); truth fractions per frame:"
+    )
     for t, f in zip(temps, sim.fractions()):
         typer.echo(f"  {t:6g} C  " + "  ".join(f"{n} {v:.2f}" for n, v in zip(DOMAIN_TYPES, f)))
 
 
 @app.command()
 def domains(
-    images: list[Path] = typer.Argument(..., help="Images: TIFF, PNG, DM3/DM4 or .npy; several files or one stack."),
+    images: list[Path] = typer.Argument(
+        ..., metavar="IMAGES...", help="Images: TIFF, PNG, DM3/DM4 or .npy; several files or one stack."
+    ),
     out: OutOpt = Path("domains-results"),
-    labels: Optional[str] = typer.Option(None, help="Frame labels, e.g. temperatures: 25,50,75."),
-    label_name: str = typer.Option("temperature (C)", help="What the labels are, for the table and plot."),
+    labels: Optional[str] = typer.Option(None, metavar="L1,L2,...", help="Frame labels, e.g. temperatures: 25,50,75."),
+    label_name: str = typer.Option(
+        "temperature (C)", metavar="TEXT", help="What the labels are, for the table and plot."
+    ),
     window: Optional[int] = typer.Option(
-        None, help="Window side in px (default: four of the longest stripe period the images show, or the --init "
-        "model's)."),
-    stride: Optional[int] = typer.Option(None, help="Step between windows in px (default window/4)."),
+        None,
+        metavar="PX",
+        help="Window side in px (default: four of the longest stripe period the images show, or the --init model's).",
+    ),
+    stride: Optional[int] = typer.Option(None, metavar="PX", help="Step between windows in px (default window/4)."),
     clusters: Optional[int] = typer.Option(
-        None, help="Number of domain types, the domain-free type included (default: the wall-angle modes found)."),
-    epochs: int = typer.Option(20, help="Training epochs (with --init: fine-tuning epochs; 0 applies it)."),
-    latent: int = typer.Option(8, help="Content latents."),
-    l1: float = typer.Option(1e-3, help="Target L1 weight on the content latents."),
-    l1_start: int = typer.Option(3, help="Epochs without L1."),
-    l1_ramp: int = typer.Option(5, help="Epochs over which L1 rises to its target."),
-    init: Optional[Path] = typer.Option(None, help="Start from this trained bundle (transfer learning)."),
+        None,
+        metavar="N",
+        help="Number of domain types, the domain-free type included (default: the wall-angle modes found).",
+    ),
+    epochs: int = typer.Option(
+        20, metavar="N", help="Training epochs (with --init: fine-tuning epochs; 0 applies it)."
+    ),
+    latent: int = typer.Option(8, metavar="N", help="Content latents."),
+    l1: float = typer.Option(1e-3, metavar="X", help="Target L1 weight on the content latents."),
+    l1_start: int = typer.Option(3, metavar="N", help="Epochs without L1."),
+    l1_ramp: int = typer.Option(5, metavar="N", help="Epochs over which L1 rises to its target."),
+    init: Optional[Path] = typer.Option(
+        None, metavar="BUNDLE", help="Start from this trained bundle (transfer learning)."
+    ),
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
     progress: ProgressOpt = True,
@@ -450,40 +571,62 @@ def domains(
         stack, names = read_images(images)
         frame_labels, kind = parse_labels(labels, len(stack))
         model, cfg = load_model(init, dev) if init is not None else (None, {})
-        maps, info, model = map_domains(stack, window=window, stride=stride, init=model,
-                                        init_window=cfg.get("window"), n_clusters=clusters, epochs=epochs,
-                                        latent=latent, l1=l1, l1_start=l1_start, l1_ramp=l1_ramp, seed=seed,
-                                        device=dev, progress=progress)
+        maps, info, model = map_domains(
+            stack,
+            window=window,
+            stride=stride,
+            init=model,
+            init_window=cfg.get("window"),
+            n_clusters=clusters,
+            epochs=epochs,
+            latent=latent,
+            l1=l1,
+            l1_start=l1_start,
+            l1_ramp=l1_ramp,
+            seed=seed,
+            device=dev,
+            progress=progress,
+        )
         if init is not None:
             info["init"] = bundle_provenance(init)
-        write_domain_results(out, stack, names, frame_labels, label_name if labels else "frame", maps, info,
-                             model)
+        write_domain_results(out, stack, names, frame_labels, label_name if labels else "frame", maps, info, model)
     except (InputError, ValueError, OSError) as e:
         _fail(e)
     n = maps["segmentation"].size
-    sized = (f" (sized from periods {', '.join(f'{p:.1f}' for p in sorted(info['periods']))} px)"
-             if info["periods"] else "")
-    typer.echo(f"{len(stack)} frames, {n} windows of {info['window']} px{sized} (stride {info['stride']}), "
-               f"{info['n_clusters']} domain types, {time.perf_counter() - t0:.1f} s")
+    sized = (
+        f" (sized from periods {', '.join(f'{p:.1f}' for p in sorted(info['periods']))} px)" if info["periods"] else ""
+    )
+    typer.echo(
+        f"{len(stack)} frames, {n} windows of {info['window']} px{sized} (stride {info['stride']}), "
+        f"{info['n_clusters']} domain types, {time.perf_counter() - t0:.1f} s"
+    )
     typer.echo("  type  order   wall angle(deg)  period(px)  fraction per frame")
     for k in range(info["n_clusters"]):
         ang, per = maps["series_orientation"][k], maps["series_period"][k]
         order = maps["series_order"][k]
         name = "domain-free" if k == 0 else f"{ang:15.1f}"
-        typer.echo(f"  {k:4d}  {order:6.1f}  {name:>15}  {per:10.1f}  "
-                   + " ".join(f"{v:.2f}" for v in maps["fractions"][:, k]))
-    typer.echo("  (order: the median stripe order of the type's windows over what noise alone gives; at most 1 "
-               "is domain-free)")
-    typer.echo(f"results in {out}/: domains.zarr, fractions.csv, fractions.png, segmentation.png, "
-               f"latent_maps.png, loss.png, model/")
+        typer.echo(
+            f"  {k:4d}  {order:6.1f}  {name:>15}  {per:10.1f}  " + " ".join(f"{v:.2f}" for v in maps["fractions"][:, k])
+        )
+    typer.echo(
+        "  (order: the median stripe order of the type's windows over what noise alone gives; at most 1 is domain-free)"
+    )
+    typer.echo(
+        f"results in {out}/: domains.zarr, fractions.csv, fractions.png, segmentation.png, "
+        f"latent_maps.png, loss.png, model/"
+    )
 
 
 @app.command()
 def show(
-    input: Path = typer.Argument(..., help="The datacube the results were made from."),
-    results: Path = typer.Option(..., "--results", "-r", help="Results folder (with strain.zarr) or the store."),
-    at: str = typer.Option(..., help="Scan position ROW,COL."),
-    out: Path = typer.Option(None, "--out", "-o", help="Figure to write (default RESULTS/pattern_ROW_COL.png)."),
+    input: Path = typer.Argument(..., metavar="INPUT", help="The datacube the results were made from."),
+    results: Path = typer.Option(
+        ..., "--results", "-r", metavar="RESULTS", help="Results folder (with strain.zarr) or the store."
+    ),
+    at: str = typer.Option(..., metavar="ROW,COL", help="Scan position ROW,COL."),
+    out: Path = typer.Option(
+        None, "--out", "-o", metavar="PATH", help="Figure to write (default RESULTS/pattern_ROW_COL.png)."
+    ),
     dataset: DatasetOpt = None,
     scan_shape: ScanShapeOpt = None,
     dark: DarkOpt = None,
@@ -508,8 +651,10 @@ def show(
             raise InputError(f"--at {row},{col} is outside the {Ry}x{Rx} scan")
         cube = _open(input, dataset, scan_shape, dark, mask, bin)
         if cube.scan_shape != (Ry, Rx) or list(cube.pattern_shape) != attrs["pattern_shape"]:
-            raise InputError(f"{input} is a {cube.scan_shape} scan of {cube.pattern_shape} patterns but the results "
-                             f"are of a {(Ry, Rx)} scan of {tuple(attrs['pattern_shape'])} patterns")
+            raise InputError(
+                f"{input} is a {cube.scan_shape} scan of {cube.pattern_shape} patterns but the results "
+                f"are of a {(Ry, Rx)} scan of {tuple(attrs['pattern_shape'])} patterns"
+            )
         pattern = np.asarray(cube.data[row, col], dtype=np.float32)
     except (InputError, ValueError) as e:
         _fail(e)
@@ -518,15 +663,23 @@ def show(
     state = "valid" if arrays["valid"][row, col] else "NOT valid"
     phase = f", phase {arrays['phase'][row, col]}" if "phase" in arrays else ""
     if np.isfinite(G).all():
-        plot_lattice(pattern, arrays["origin"][row, col], G, attrs["disk_radius_px"], out,
-                     title=f"({row}, {col}) {state}{phase}: fitted lattice")
+        plot_lattice(
+            pattern,
+            arrays["origin"][row, col],
+            G,
+            attrs["disk_radius_px"],
+            out,
+            title=f"({row}, {col}) {state}{phase}: fitted lattice",
+        )
     typer.echo(f"({row}, {col}): {state}{phase}; {values} (theta in deg); wrote {out}")
 
 
 @app.command()
 def export(
-    results: Path = typer.Argument(..., help="Results folder (with strain.zarr) or the store."),
-    out: Path = typer.Option(None, "--out", "-o", help="Folder for the files (default: the results folder)."),
+    results: Path = typer.Argument(..., metavar="RESULTS", help="Results folder (with strain.zarr) or the store."),
+    out: Path = typer.Option(
+        None, "--out", "-o", metavar="PATH", help="Folder for the files (default: the results folder)."
+    ),
 ):
     """Write strain maps as HyperSpy signals (strain.hspy, strain_sigma.hspy) with calibrated scan axes."""
     from stemae.data.export import export_hyperspy
@@ -543,7 +696,7 @@ def export(
 
 @app.command()
 def info(
-    input: Path = typer.Argument(..., help="Datacube file."),
+    input: Path = typer.Argument(..., metavar="INPUT", help="Datacube file."),
     dataset: DatasetOpt = None,
     scan_shape: ScanShapeOpt = None,
 ):
