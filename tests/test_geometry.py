@@ -4,6 +4,7 @@ import pytest
 from stemae.geometry import (
     deformation_from_reciprocal,
     deformation_from_strain,
+    frame_matrix,
     polar_decomposition,
     reciprocal_from_deformation,
     reference_mask,
@@ -92,6 +93,36 @@ def test_strain_maps_relative_to_reference_box():
     np.testing.assert_allclose(maps["e_xy"][1:, 3:], 0.002, atol=1e-6)
     np.testing.assert_allclose(maps["theta"][1:, 3:], 0.5, atol=1e-5)
     assert np.isnan(maps["e_xx"][0, 5])
+
+
+@pytest.mark.parametrize("axis", [90.0, 30.0, -45.0])
+def test_strain_along_a_chosen_axis_is_the_rotated_tensor(axis):
+    """Strain reported along axes turned by ``axis`` is the tensor rotated
+    into them (e_x'x' = e_xx c^2 + e_yy s^2 + 2 e_xy s c, ...), the rotation
+    angle unchanged, and the standard deviations follow: at 90 degrees
+    e_xx and e_yy (and their sigmas) swap and e_xy changes sign."""
+    G_ref = np.array([[20.0, 10.0], [0.0, 17.0]])
+    G = np.broadcast_to(G_ref, (2, 4, 2, 2)).copy()
+    exx, eyy, exy, th = 0.012, -0.004, 0.003, 0.7
+    G[:, 2:] = reciprocal_from_deformation(deformation_from_strain(exx, eyy, exy, np.radians(th)), G_ref)
+    cov = np.broadcast_to(np.diag([1e-4, 4e-4, 9e-4, 1.6e-3]), (2, 4, 4, 4)).copy()
+    ref = ((0, 2), (0, 2))
+    plain, G0 = strain_maps(G, ref, cov=cov)
+    turned, G1 = strain_maps(G, ref, cov=cov, frame=frame_matrix(strain_axis=axis))
+    np.testing.assert_allclose(G1, G0)  # the reference stays in detector pixels
+    c, s = np.cos(np.radians(axis)), np.sin(np.radians(axis))
+    np.testing.assert_allclose(turned["e_xx"][:, 2:], exx * c * c + eyy * s * s + 2 * exy * s * c, atol=1e-6)
+    np.testing.assert_allclose(turned["e_yy"][:, 2:], exx * s * s + eyy * c * c - 2 * exy * s * c, atol=1e-6)
+    np.testing.assert_allclose(turned["e_xy"][:, 2:], (eyy - exx) * s * c + exy * (c * c - s * s), atol=1e-6)
+    np.testing.assert_allclose(turned["theta"], plain["theta"], atol=1e-5)
+    if axis == 90.0:
+        np.testing.assert_allclose(turned["sigma_e_xx"], plain["sigma_e_yy"], rtol=1e-4)
+        np.testing.assert_allclose(turned["sigma_e_yy"], plain["sigma_e_xx"], rtol=1e-4)
+    # A detector whose y axis runs against the scan's mirrors shear and rotation.
+    flipped, _ = strain_maps(G, ref, frame=frame_matrix(flip=True))
+    np.testing.assert_allclose(flipped["e_xy"][:, 2:], -exy, atol=1e-6)
+    np.testing.assert_allclose(flipped["theta"][:, 2:], -th, atol=1e-5)
+    np.testing.assert_allclose(flipped["e_xx"], plain["e_xx"], atol=1e-7)
 
 
 def test_reference_mask_errors():

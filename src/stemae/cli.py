@@ -59,6 +59,24 @@ def main(
     """Strain, phase and domain maps from STEM data."""
 
 
+StrainAxisOpt = Annotated[
+    float,
+    typer.Option(metavar="DEG", help="Report strain along axes turned by DEG degrees from the scan's +x towards +y "
+                 "(e.g. along an interface)."),
+]
+ScanRotationOpt = Annotated[
+    float,
+    typer.Option(metavar="DEG", help="Angle of the scan's x axis on the detector (from detector +x towards +y); "
+                 "strain is then reported in scan axes."),
+]
+FlipOpt = Annotated[bool, typer.Option("--flip", help="The detector's y axis runs against the scan's.")]
+
+
+def _frame_options(strain_axis: float, scan_rotation: float, flip: bool) -> dict | None:
+    frame = {"strain_axis": strain_axis, "scan_rotation": scan_rotation, "flip": flip}
+    return frame if (strain_axis or scan_rotation or flip) else None
+
+
 def _check_output(path: Path, kind: str = "folder", replaceable: Optional[str] = None) -> None:
     from stemae.data.results import check_output
 
@@ -262,6 +280,9 @@ def strain(
     ),
     reference: ReferenceOpt = None,
     reference_phase: ReferencePhaseOpt = None,
+    strain_axis: StrainAxisOpt = 0.0,
+    scan_rotation: ScanRotationOpt = 0.0,
+    flip: FlipOpt = False,
     classes: ClassesOpt = None,
     epochs: EpochsOpt = None,
     refine: RefineOpt = None,
@@ -297,6 +318,7 @@ def strain(
             method=method,
             reference=_box(reference),
             reference_phase=reference_phase,
+            frame=_frame_options(strain_axis, scan_rotation, flip),
             classes=classes,
             epochs=epochs,
             refine=refine,
@@ -385,6 +407,9 @@ def predict(
     out: OutOpt = Path("stemae-results"),
     reference: ReferenceOpt = None,
     reference_phase: ReferencePhaseOpt = None,
+    strain_axis: StrainAxisOpt = 0.0,
+    scan_rotation: ScanRotationOpt = 0.0,
+    flip: FlipOpt = False,
     refine: Annotated[
         Optional[str], typer.Option(metavar="PROFILE", help="Disk profiles (voigt or template); default the bundle's.")
     ] = None,
@@ -420,6 +445,7 @@ def predict(
             out,
             reference=_box(reference),
             reference_phase=reference_phase,
+            frame=_frame_options(strain_axis, scan_rotation, flip),
             device=device,
             progress=progress,
             bundle=bundle_provenance(model),

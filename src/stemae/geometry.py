@@ -233,8 +233,40 @@ def strain_from_deformation(F: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def frame_matrix(strain_axis: float = 0.0, scan_rotation: float = 0.0, flip: bool = False) -> np.ndarray:
+    """The orthogonal ``(2, 2)`` matrix taking detector ``(x, y)`` vectors to
+    the frame strain is reported in.
+
+    Parameters
+    ----------
+    strain_axis : angle (degrees, in scan axes, from ``+x`` towards ``+y``)
+        of the frame's ``x`` axis, e.g. along an interface
+    scan_rotation : angle (degrees) of the scan's ``x`` axis as seen on the
+        detector, from detector ``+x`` towards ``+y``
+    flip : the detector's ``y`` axis runs against the scan's (applied first)
+    """
+    def rot(deg):
+        c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+        return np.array([[c, -s], [s, c]])
+
+    return rot(-strain_axis) @ rot(-scan_rotation) @ np.diag([1.0, -1.0 if flip else 1.0])
+
+
+def change_frame(G: np.ndarray, cov: np.ndarray | None, M: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Bases ``(..., 2, 2)`` and their covariances ``(..., 4, 4)`` (row-major
+    entries, as :func:`strain_uncertainty`) in the frame of ``M``
+    (:func:`frame_matrix`): ``G' = M G``. Strain against a reference in the
+    same frame is then ``U' = M U M^T``: the tensor in the new axes."""
+    G2 = np.einsum("ij,...jk->...ik", M, G)
+    if cov is None:
+        return G2, None
+    K = np.kron(M, np.eye(2))
+    return G2, np.einsum("ij,...jk,lk->...il", K, cov, K)
+
+
 def strain_maps(
-    G: np.ndarray, reference=None, valid: np.ndarray | None = None, cov: np.ndarray | None = None
+    G: np.ndarray, reference=None, valid: np.ndarray | None = None, cov: np.ndarray | None = None,
+    frame: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Strain and rotation maps from per-position reciprocal bases.
 
@@ -251,6 +283,9 @@ def strain_maps(
         Covariance of each basis (see :func:`strain_uncertainty`); adds the
         standard deviations ``sigma_e_xx``, ``sigma_e_yy``, ``sigma_e_xy``
         and ``sigma_theta`` (degrees), the reference's uncertainty included.
+    frame : ndarray (2, 2), optional
+        :func:`frame_matrix`: the strain tensor and rotation in those axes
+        (scan axes, an interface); detector axes by default.
 
     Returns
     -------
@@ -258,11 +293,14 @@ def strain_maps(
         (degrees), float32 arrays of shape (Ry, Rx) (and their ``sigma_``
         maps when ``cov`` is given).
     G_ref : ndarray, shape (2, 2)
-        The reference basis used.
+        The reference basis used (detector axes).
     """
     G = np.asarray(G, dtype=np.float64)
     mask = reference_mask(G.shape[:2], reference)
     members = reference_members(G, mask, valid)
+    G_det = G[members].mean(axis=0)
+    if frame is not None:
+        G, cov = change_frame(G, None if cov is None else np.asarray(cov, dtype=np.float64), frame)
     G_ref = G[members].mean(axis=0)
     ok = np.isfinite(G).all(axis=(-1, -2)) & (np.abs(np.linalg.det(np.nan_to_num(G))) > 0)
     if valid is not None:
@@ -277,7 +315,7 @@ def strain_maps(
         total = strain_uncertainty(G_ok, G_ref, cov, cov_ref)
         for k in total:
             maps[f"sigma_{k}"] = np.where(ok, total[k], np.nan).astype(np.float32)
-    return maps, G_ref
+    return maps, G_det
 
 
 def _strain_vector(G: np.ndarray, G_ref: np.ndarray) -> np.ndarray:

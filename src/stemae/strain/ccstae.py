@@ -805,11 +805,12 @@ def load(path, profile: str | None = None) -> CCSTAE:
     return model.eval()
 
 
-def map_strain(pred: dict, reference=None, max_chi2: float | None = None, reference_phase: int | None = None
-               ) -> dict:
+def map_strain(pred: dict, reference=None, max_chi2: float | None = None, reference_phase: int | None = None,
+               frame: np.ndarray | None = None) -> dict:
     """Strain maps and their uncertainties from :func:`predict` output,
     relative to a reference region (``reference_phase``: only that
-    phase's positions in it).
+    phase's positions in it), in the axes of ``frame``
+    (:func:`~stemae.geometry.frame_matrix`; detector axes by default).
 
     The local bases are relabelled to the lattice-equivalent basis closest to
     the reference's, so symmetry-equivalent transforms give one answer.
@@ -828,7 +829,7 @@ def map_strain(pred: dict, reference=None, max_chi2: float | None = None, refere
     valid = ok & (pred["n_disks"] >= 3) & np.isfinite(cov).all(axis=(-1, -2))
     if max_chi2 is not None:
         valid &= pred["chi2"] <= max_chi2
-    maps, G_ref = strain_maps(G, mask, valid, cov=cov)
+    maps, G_ref = strain_maps(G, mask, valid, cov=cov, frame=frame)
     out = dict(maps)
     out.update(reference=mask, valid=valid, g1=G[..., :, 0].astype(np.float32), g2=G[..., :, 1].astype(np.float32),
                origin=pred["origin"].astype(np.float32), g_ref=G_ref, phase=pred["phase"],

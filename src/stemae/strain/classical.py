@@ -152,6 +152,7 @@ def map_strain(
     reference=None,
     radius: float | None = None,
     max_rms: float | None = None,
+    frame: np.ndarray | None = None,
     progress: bool = False,
     **find_kwargs,
 ) -> dict:
@@ -170,6 +171,9 @@ def map_strain(
     max_rms : float, optional
         Fits with a weighted RMS residual above this (pixels) are marked
         invalid; default a quarter of the disk radius.
+    frame : ndarray (2, 2), optional
+        Axes of the strain maps (:func:`~stemae.geometry.frame_matrix`);
+        detector axes by default.
     progress : bool
     **find_kwargs
         Passed to :func:`stemae.strain.disks.find_disks`.
@@ -196,7 +200,7 @@ def map_strain(
     fit = fit_lattices(disks, G_pool)
     limit = 0.25 * disks["radius"] if max_rms is None else max_rms
     valid = fit["valid"] & (fit["rms"] <= limit)
-    maps, G_ref = strain_maps(fit["G"], mask, valid, cov=fit["cov"])
+    maps, G_ref = strain_maps(fit["G"], mask, valid, cov=fit["cov"], frame=frame)
     out = dict(maps)
     out.update(
         reference=mask,

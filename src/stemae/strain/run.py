@@ -10,7 +10,7 @@ from stemae.data import Datacube, write_results
 from stemae.data.calibration import lattice_in_angstrom
 from stemae.errors import InputError
 from stemae.nn.device import resolve_device
-from stemae.geometry import CONVENTIONS
+from stemae.geometry import CONVENTIONS, frame_matrix
 from stemae.nn.bundle import bundle_provenance
 from stemae.strain import ccstae
 from stemae.strain.classical import map_strain
@@ -83,14 +83,14 @@ def train_model(datacube: Datacube, *, classes: int = 1, epochs: int = 3, refine
 
 
 def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, reference_phase: int | None = None,
-                   device: str = "cpu", progress: bool = False, record: dict | None = None,
-                   bundle: dict | None = None) -> dict:
+                   frame: dict | None = None, device: str = "cpu", progress: bool = False,
+                   record: dict | None = None, bundle: dict | None = None) -> dict:
     """Map strain and phase with a trained CC-ST-AE and write the results
     (``bundle``: :func:`~stemae.nn.bundle.bundle_provenance` of the model's
     bundle, recorded in the store)."""
     _check_phase(reference_phase, model.K)
     pred = ccstae.predict(model, datacube.data, device=resolve_device(device), progress=progress)
-    res = ccstae.map_strain(pred, reference, reference_phase=reference_phase)
+    res = ccstae.map_strain(pred, reference, reference_phase=reference_phase, frame=_frame(frame))
     res["bases"] = model.G.detach().cpu().numpy()
     res["hk"] = model.hk.cpu().numpy().astype(np.int16)
     res["radius"] = model.radius
@@ -100,6 +100,7 @@ def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, refere
     out_dir = Path(out_dir)
     written = write_strain_results(datacube, out_dir, res,
                                    extra_attrs={"training": record or {}, "disk_profile": model.profile,
+                                                "strain_frame": _frame_attrs(frame),
                                                 **({"bundle": bundle} if bundle else {})})
     written += [plot_phase_map(res["phase"], res["probabilities"], out_dir / "phase_map.png",
                                phase_names(res["bases"], datacube.calibration.inverse_angstrom_per_pixel())),
@@ -113,8 +114,8 @@ def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, refere
 
 
 def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference=None,
-               reference_phase: int | None = None, classes: int = 1, epochs: int = 3, refine: str = "voigt",
-               seed: int = 0, device: str = "cpu", progress: bool = False) -> dict:
+               reference_phase: int | None = None, frame: dict | None = None, classes: int = 1, epochs: int = 3,
+               refine: str = "voigt", seed: int = 0, device: str = "cpu", progress: bool = False) -> dict:
     """Map strain (and phase, for ``ccstae``); write ``out_dir/strain.zarr`` and figures.
 
     Parameters
@@ -126,6 +127,9 @@ def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference
         hold one lattice (two phases or grains in it are refused)
     reference_phase : ``ccstae`` only: the reference is this phase's
         positions in ``reference`` (the whole scan by default)
+    frame : axes of the strain maps: ``{"strain_axis": deg, "scan_rotation":
+        deg, "flip": bool}`` (:func:`~stemae.geometry.frame_matrix`);
+        detector axes by default
     classes, epochs, refine, seed, device : CC-ST-AE settings (``refine``: the
         disk profiles, ``"voigt"`` or ``"template"``)
     progress : bool
@@ -145,9 +149,11 @@ def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference
                                     device=device, progress=progress)
         path = ccstae.save(model, Path(out_dir) / "model", record)
         return predict_strain(model, datacube, out_dir, reference=reference, reference_phase=reference_phase,
-                              device=device, progress=progress, record=record, bundle=bundle_provenance(path))
-    res = map_strain(datacube.data, method=method, reference=reference, progress=progress)
-    clear_stale_figures(out_dir, write_strain_results(datacube, out_dir, res))
+                              frame=frame, device=device, progress=progress, record=record,
+                              bundle=bundle_provenance(path))
+    res = map_strain(datacube.data, method=method, reference=reference, frame=_frame(frame), progress=progress)
+    clear_stale_figures(out_dir, write_strain_results(datacube, out_dir, res,
+                                                      extra_attrs={"strain_frame": _frame_attrs(frame)}))
     return res
 
 
@@ -158,6 +164,16 @@ def phase_names(bases: np.ndarray, q_per_px: float | None) -> list[str]:
     if q_per_px:
         return [f"{k}: d {1 / (a * q_per_px):.3f}, {1 / (b * q_per_px):.3f} A" for k, (a, b) in enumerate(g)]
     return [f"{k}: |g| {a:.2f}, {b:.2f} px" for k, (a, b) in enumerate(g)]
+
+
+def _frame_attrs(frame: dict | None) -> dict:
+    """The axes the strain maps are in, as the store records them."""
+    return {"strain_axis": 0.0, "scan_rotation": 0.0, "flip": False, **(frame or {})}
+
+
+def _frame(frame: dict | None):
+    """:func:`~stemae.geometry.frame_matrix` of ``frame``, or None for detector axes."""
+    return None if not frame else frame_matrix(**frame)
 
 
 def _check_phase(reference_phase: int | None, classes: int) -> None:
