@@ -42,7 +42,24 @@ def _limits(values: np.ndarray, centred: bool) -> tuple[float, float]:
     return float(lo), float(hi if hi > lo else lo + 1e-6)
 
 
-def plot_strain_maps(maps: dict, path, valid: np.ndarray | None = None, title: str = "") -> Path:
+def scale_bar(ax, n_pixels: int, scan_step: tuple[float, str] | None) -> None:
+    """A scale bar of a round length near a fifth of ``n_pixels`` scan steps
+    of ``scan_step = (size, units)`` at the lower left of ``ax``; nothing if
+    the scan is not calibrated."""
+    if not scan_step or not scan_step[0]:
+        return
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    step, units = scan_step
+    target = n_pixels * step / 5
+    length = max(v * 10.0 ** np.floor(np.log10(target)) for v in (1, 2, 5) if v * 10.0 ** np.floor(np.log10(target))
+                 <= target)
+    ax.add_artist(AnchoredSizeBar(ax.transData, length / step, f"{length:g} {units}", "lower left", pad=0.3,
+                                  color="black", frameon=True, size_vertical=max(n_pixels / 80, 0.3)))
+
+
+def plot_strain_maps(maps: dict, path, valid: np.ndarray | None = None, title: str = "",
+                     scan_step: tuple[float, str] | None = None) -> Path:
     """Four panels (e_xx, e_yy, e_xy in percent, theta in degrees) with colour bars.
 
     Parameters
@@ -51,6 +68,7 @@ def plot_strain_maps(maps: dict, path, valid: np.ndarray | None = None, title: s
         ``theta`` (degrees), arrays (Ry, Rx)
     path : PNG path, written atomically
     valid : bool (Ry, Rx), optional; invalid positions are drawn grey
+    scan_step : (size, units) of a scan step, for a scale bar
     """
     fig, axes = plt.subplots(1, 4, figsize=(16, 4), constrained_layout=True)
     cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.6")
@@ -67,13 +85,15 @@ def plot_strain_maps(maps: dict, path, valid: np.ndarray | None = None, title: s
         ax.set_title(label)
         ax.set_xlabel("scan column")
         ax.set_ylabel("scan row")
+        scale_bar(ax, img.shape[1], scan_step)
         fig.colorbar(im, ax=ax, shrink=0.8, label=unit)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
 
 
-def plot_uncertainty_maps(maps: dict, path, valid: np.ndarray | None = None, title: str = "") -> Path:
+def plot_uncertainty_maps(maps: dict, path, valid: np.ndarray | None = None, title: str = "",
+                          scan_step: tuple[float, str] | None = None) -> Path:
     """Four panels of standard deviations (``sigma_e_xx``, ``sigma_e_yy``,
     ``sigma_e_xy`` in percent, ``sigma_theta`` in degrees) with colour bars.
 
@@ -82,6 +102,7 @@ def plot_uncertainty_maps(maps: dict, path, valid: np.ndarray | None = None, tit
     maps : dict with the ``sigma_`` arrays (Ry, Rx)
     path : PNG path, written atomically
     valid : bool (Ry, Rx), optional; invalid positions are drawn grey
+    scan_step : (size, units) of a scan step, for a scale bar
     """
     fig, axes = plt.subplots(1, 4, figsize=(16, 4), constrained_layout=True)
     cmap = plt.get_cmap("magma").with_extremes(bad="0.6")
@@ -95,6 +116,7 @@ def plot_uncertainty_maps(maps: dict, path, valid: np.ndarray | None = None, tit
         ax.set_title(r"$\sigma$ of " + label)
         ax.set_xlabel("scan column")
         ax.set_ylabel("scan row")
+        scale_bar(ax, img.shape[1], scan_step)
         fig.colorbar(im, ax=ax, shrink=0.8, label=unit)
     fig.suptitle(title or "one standard deviation (Fisher information of each fit, reference included)")
     return _save(fig, path)
@@ -185,7 +207,8 @@ def plot_phase_map(phase: np.ndarray, probabilities: np.ndarray, path, names=Non
     return _save(fig, path)
 
 
-def plot_diagnostics(stats: dict, path, com: np.ndarray | None = None) -> Path:
+def plot_diagnostics(stats: dict, path, com: np.ndarray | None = None,
+                     scan_step: tuple[float, str] | None = None) -> Path:
     """Mean and maximum pattern, Bragg vector map, virtual bright and dark
     field (and, given ``com`` (Ry, Rx, 2), the centre-of-mass shift, DPC-like,
     along x and y about its median)."""
@@ -208,6 +231,8 @@ def plot_diagnostics(stats: dict, path, com: np.ndarray | None = None) -> Path:
         im = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
         fig.colorbar(im, ax=ax, shrink=0.8)
         ax.set_title(title, fontsize=9)
+        if "pattern" not in title and "Bragg" not in title:
+            scale_bar(ax, img.shape[1], scan_step)
     return _save(fig, path)
 
 

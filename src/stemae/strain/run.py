@@ -216,10 +216,13 @@ def write_strain_results(datacube: Datacube, out_dir, res: dict, extra_attrs: di
         **(extra_attrs or {}),
     }
     write_results(out_dir / "strain.zarr", arrays, attrs)
-    written = [plot_strain_maps(res, out_dir / "strain_maps.png", res["valid"], title=f"strain ({res['method']})"),
-               plot_diagnostics(res, out_dir / "diagnostics.png", res.get("com"))]
+    cal = datacube.calibration
+    step = (cal.r_pixel_size, cal.r_units or "") if cal.r_pixel_size else None
+    written = [plot_strain_maps(res, out_dir / "strain_maps.png", res["valid"], title=f"strain ({res['method']})",
+                                scan_step=step),
+               plot_diagnostics(res, out_dir / "diagnostics.png", res.get("com"), scan_step=step)]
     if "sigma_e_xx" in res:
-        written.append(plot_uncertainty_maps(res, out_dir / "uncertainty_maps.png", res["valid"]))
+        written.append(plot_uncertainty_maps(res, out_dir / "uncertainty_maps.png", res["valid"], scan_step=step))
     cells = np.argwhere(mask & res["valid"])
     if len(cells):
         # The reference lattice on the region's patterns summed on their
