@@ -69,6 +69,11 @@ ScanRotationOpt = Annotated[
     typer.Option(metavar="DEG", help="Angle of the scan's x axis on the detector (from detector +x towards +y); "
                  "strain is then reported in scan axes."),
 ]
+PerPhaseOpt = Annotated[
+    bool,
+    typer.Option("--reference-per-phase", help="ccstae: every phase's strain against its own lattice (its positions "
+                 "in --reference, or over the whole scan); the store lists each phase's mismatch to the first."),
+]
 FlipOpt = Annotated[bool, typer.Option("--flip", help="The detector's y axis runs against the scan's.")]
 
 
@@ -280,6 +285,7 @@ def strain(
     ),
     reference: ReferenceOpt = None,
     reference_phase: ReferencePhaseOpt = None,
+    reference_per_phase: PerPhaseOpt = False,
     strain_axis: StrainAxisOpt = 0.0,
     scan_rotation: ScanRotationOpt = 0.0,
     flip: FlipOpt = False,
@@ -318,6 +324,7 @@ def strain(
             method=method,
             reference=_box(reference),
             reference_phase=reference_phase,
+            per_phase=reference_per_phase,
             frame=_frame_options(strain_axis, scan_rotation, flip),
             classes=classes,
             epochs=epochs,
@@ -407,6 +414,7 @@ def predict(
     out: OutOpt = Path("stemae-results"),
     reference: ReferenceOpt = None,
     reference_phase: ReferencePhaseOpt = None,
+    reference_per_phase: PerPhaseOpt = False,
     strain_axis: StrainAxisOpt = 0.0,
     scan_rotation: ScanRotationOpt = 0.0,
     flip: FlipOpt = False,
@@ -445,6 +453,7 @@ def predict(
             out,
             reference=_box(reference),
             reference_phase=reference_phase,
+            per_phase=reference_per_phase,
             frame=_frame_options(strain_axis, scan_rotation, flip),
             device=device,
             progress=progress,

@@ -50,6 +50,7 @@ from stemae.geometry import (
     reciprocal_from_deformation,
     reference_mask,
     rotation_matrix,
+    strain_from_deformation,
     strain_maps,
 )
 from stemae.nn.bundle import load_bundle, save_bundle
@@ -806,34 +807,58 @@ def load(path, profile: str | None = None) -> CCSTAE:
 
 
 def map_strain(pred: dict, reference=None, max_chi2: float | None = None, reference_phase: int | None = None,
-               frame: np.ndarray | None = None) -> dict:
+               frame: np.ndarray | None = None, per_phase: bool = False) -> dict:
     """Strain maps and their uncertainties from :func:`predict` output,
     relative to a reference region (``reference_phase``: only that
-    phase's positions in it), in the axes of ``frame``
-    (:func:`~stemae.geometry.frame_matrix`; detector axes by default).
+    phase's positions in it; ``per_phase``: each phase against its own
+    positions in it, or over the whole scan where it has none there), in
+    the axes of ``frame`` (:func:`~stemae.geometry.frame_matrix`; detector
+    axes by default).
 
     The local bases are relabelled to the lattice-equivalent basis closest to
     the reference's, so symmetry-equivalent transforms give one answer.
     Positions with fewer than three disks on the detector, or a chi-square
-    per degree of freedom above ``max_chi2``, are invalid.
+    per degree of freedom above ``max_chi2``, are invalid. With
+    ``per_phase``, ``phase_references`` lists each phase's reference basis
+    (px) and its strain against the first phase's (the mismatch).
     """
     G0 = pred["G"].astype(np.float64)
-    mask = reference_mask(G0.shape[:2], reference)
-    if reference_phase is not None:
-        mask = mask & (pred["phase"] == reference_phase)
-        if not mask.any():
-            raise ValueError(f"no position of phase {reference_phase} lies in the reference region")
+    region = reference_mask(G0.shape[:2], reference)
     ok = np.isfinite(G0).all(axis=(-1, -2))
-    G = align_to_reference(G0, np.median(G0[mask & ok], axis=0))
-    cov = relabel_covariance(pred["cov"].astype(np.float64), G0, G)
-    valid = ok & (pred["n_disks"] >= 3) & np.isfinite(cov).all(axis=(-1, -2))
+    valid = ok & (pred["n_disks"] >= 3) & np.isfinite(pred["cov"]).all(axis=(-1, -2))
     if max_chi2 is not None:
         valid &= pred["chi2"] <= max_chi2
-    maps, G_ref = strain_maps(G, mask, valid, cov=cov, frame=frame)
+    if per_phase:
+        groups = [(k, pred["phase"] == k) for k in np.unique(pred["phase"])]
+    else:
+        groups = [(reference_phase, np.ones(G0.shape[:2], bool))]
+    maps, G, mask, refs = {}, np.full_like(G0, np.nan), np.zeros(G0.shape[:2], bool), []
+    cov = np.full_like(pred["cov"], np.nan, dtype=np.float64)
+    for k, members in groups:
+        m = region if k is None else region & (pred["phase"] == k)
+        if per_phase and not (m & valid).any():
+            m = (pred["phase"] == k)
+        if not (m & ok).any():
+            raise ValueError(f"no position of phase {k} lies in the reference region")
+        Gk = align_to_reference(G0, np.median(G0[m & ok], axis=0))
+        covk = relabel_covariance(pred["cov"].astype(np.float64), G0, Gk)
+        mk, G_ref = strain_maps(Gk, m, valid, cov=covk, frame=frame)
+        for name, v in mk.items():
+            maps.setdefault(name, np.full(v.shape, np.nan, np.float32))[members] = v[members]
+        G[members], cov[members] = Gk[members], covk[members]
+        mask |= m
+        refs.append((k, G_ref))
     out = dict(maps)
-    out.update(reference=mask, valid=valid, g1=G[..., :, 0].astype(np.float32), g2=G[..., :, 1].astype(np.float32),
-               origin=pred["origin"].astype(np.float32), g_ref=G_ref, phase=pred["phase"],
-               probabilities=pred["probabilities"].astype(np.float32), chi2=pred["chi2"].astype(np.float32),
-               n_disks=pred["n_disks"].astype(np.int16), disk_intensity=pred["disk_intensity"].astype(np.float32),
+    if per_phase:
+        G_first = refs[0][1]
+        out["phase_references"] = [
+            {"phase": int(k), "basis_px": G_ref.tolist(),
+             "mismatch": {n: float(v) for n, v in strain_from_deformation(
+                 deformation_from_reciprocal(G_ref, G_first)).items()}} for k, G_ref in refs]
+    out.update(reference=mask, valid=valid & np.isfinite(cov).all(axis=(-1, -2)), g1=G[..., :, 0].astype(np.float32),
+               g2=G[..., :, 1].astype(np.float32), origin=pred["origin"].astype(np.float32), g_ref=refs[0][1],
+               phase=pred["phase"], probabilities=pred["probabilities"].astype(np.float32),
+               chi2=pred["chi2"].astype(np.float32), n_disks=pred["n_disks"].astype(np.int16),
+               disk_intensity=pred["disk_intensity"].astype(np.float32),
                background=pred["background"].astype(np.float32))
     return out

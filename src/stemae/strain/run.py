@@ -83,14 +83,16 @@ def train_model(datacube: Datacube, *, classes: int = 1, epochs: int = 3, refine
 
 
 def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, reference_phase: int | None = None,
-                   frame: dict | None = None, device: str = "cpu", progress: bool = False,
+                   per_phase: bool = False, frame: dict | None = None, device: str = "cpu", progress: bool = False,
                    record: dict | None = None, bundle: dict | None = None) -> dict:
     """Map strain and phase with a trained CC-ST-AE and write the results
     (``bundle``: :func:`~stemae.nn.bundle.bundle_provenance` of the model's
     bundle, recorded in the store)."""
     _check_phase(reference_phase, model.K)
     pred = ccstae.predict(model, datacube.data, device=resolve_device(device), progress=progress)
-    res = ccstae.map_strain(pred, reference, reference_phase=reference_phase, frame=_frame(frame))
+    if per_phase and reference_phase is not None:
+        raise InputError("a reference phase and a reference per phase exclude each other")
+    res = ccstae.map_strain(pred, reference, reference_phase=reference_phase, frame=_frame(frame), per_phase=per_phase)
     res["bases"] = model.G.detach().cpu().numpy()
     res["hk"] = model.hk.cpu().numpy().astype(np.int16)
     res["radius"] = model.radius
@@ -101,6 +103,7 @@ def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, refere
     written = write_strain_results(datacube, out_dir, res,
                                    extra_attrs={"training": record or {}, "disk_profile": model.profile,
                                                 "strain_frame": _frame_attrs(frame),
+                                                **({"phase_references": res["phase_references"]} if per_phase else {}),
                                                 **({"bundle": bundle} if bundle else {})})
     written += [plot_phase_map(res["phase"], res["probabilities"], out_dir / "phase_map.png",
                                phase_names(res["bases"], datacube.calibration.inverse_angstrom_per_pixel())),
@@ -114,7 +117,7 @@ def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, refere
 
 
 def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference=None,
-               reference_phase: int | None = None, frame: dict | None = None, classes: int = 1, epochs: int = 3,
+               reference_phase: int | None = None, per_phase: bool = False, frame: dict | None = None, classes: int = 1, epochs: int = 3,
                refine: str = "voigt", seed: int = 0, device: str = "cpu", progress: bool = False) -> dict:
     """Map strain (and phase, for ``ccstae``); write ``out_dir/strain.zarr`` and figures.
 
@@ -127,6 +130,10 @@ def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference
         hold one lattice (two phases or grains in it are refused)
     reference_phase : ``ccstae`` only: the reference is this phase's
         positions in ``reference`` (the whole scan by default)
+    per_phase : ``ccstae`` only: every phase's strain against its own
+        positions in ``reference`` (or over the whole scan where it has none
+        there); the store's ``phase_references`` gives each phase's
+        reference and its mismatch to the first
     frame : axes of the strain maps: ``{"strain_axis": deg, "scan_rotation":
         deg, "flip": bool}`` (:func:`~stemae.geometry.frame_matrix`);
         detector axes by default
@@ -140,8 +147,8 @@ def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference
     """
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    if method != "ccstae" and reference_phase is not None:
-        raise InputError(f"a reference phase needs the phases ccstae learns; {method} has none (give --reference)")
+    if method != "ccstae" and (reference_phase is not None or per_phase):
+        raise InputError(f"a reference by phase needs the phases ccstae learns; {method} has none (give --reference)")
     if method == "ccstae":
         _check_phase(reference_phase, classes)
     if method == "ccstae":
@@ -149,7 +156,7 @@ def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference
                                     device=device, progress=progress)
         path = ccstae.save(model, Path(out_dir) / "model", record)
         return predict_strain(model, datacube, out_dir, reference=reference, reference_phase=reference_phase,
-                              frame=frame, device=device, progress=progress, record=record,
+                              per_phase=per_phase, frame=frame, device=device, progress=progress, record=record,
                               bundle=bundle_provenance(path))
     res = map_strain(datacube.data, method=method, reference=reference, frame=_frame(frame), progress=progress)
     clear_stale_figures(out_dir, write_strain_results(datacube, out_dir, res,
