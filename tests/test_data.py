@@ -241,3 +241,19 @@ def test_dm4_through_rosettasciio(tmp_path, small_cube):
     assert cube.calibration.r_pixel_size == pytest.approx(0.5)
     assert cube.calibration.q_pixel_size == pytest.approx(0.02)
     assert cube.calibration.q_units == "1/nm"
+
+
+def test_rosettasciio_messages_are_plain_text(capfd):
+    """RosettaSciIO colours its log lines with terminal escape codes; once
+    stemae has read a file through it they are plain lines on stderr."""
+    import logging
+
+    import rsciio
+
+    from stemae.data.readers import _rsciio_plugin
+
+    rsciio.set_log_level("WARNING")  # installs RosettaSciIO's coloured handler
+    assert _rsciio_plugin(".mib") is not None
+    logging.getLogger("rsciio.quantumdetector").warning("a header field is missing")
+    err = capfd.readouterr().err
+    assert "RosettaSciIO WARNING: a header field is missing" in err and "\x1b[" not in err

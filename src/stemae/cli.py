@@ -82,6 +82,11 @@ def _frame_options(strain_axis: float, scan_rotation: float, flip: bool) -> dict
     return frame if (strain_axis or scan_rotation or flip) else None
 
 
+def _strain_store(results: Path) -> Path:
+    """A results folder's ``strain.zarr``, or the store itself."""
+    return results if results.suffix == ".zarr" else results / "strain.zarr"
+
+
 def _check_output(path: Path, kind: str = "folder", replaceable: Optional[str] = None) -> None:
     from stemae.data.results import check_output
 
@@ -674,7 +679,7 @@ def show(
     from stemae.data import read_results
     from stemae.viz import plot_lattice
 
-    store = results if results.suffix == ".zarr" else results / "strain.zarr"
+    store = _strain_store(results)
     try:
         row, col = _shape(at, "--at")
         if out is None:
@@ -719,7 +724,7 @@ def export(
     """Write strain maps as HyperSpy signals (strain.hspy, strain_sigma.hspy) with calibrated scan axes."""
     from stemae.data.export import export_hyperspy
 
-    store = results if results.suffix == ".zarr" else results / "strain.zarr"
+    store = _strain_store(results)
     if out is not None:
         _check_output(out)
     try:

@@ -227,10 +227,26 @@ def _read_zarr(path: Path, dataset: str | None, scan_shape) -> Datacube:
 def _rsciio_plugin(suffix: str):
     from rsciio import IO_PLUGINS
 
+    _plain_rsciio_log()
     for plugin in IO_PLUGINS:
         if suffix.lstrip(".").lower() in [e.lower() for e in plugin["file_extensions"]]:
             return plugin
     return None
+
+
+def _plain_rsciio_log() -> None:
+    """RosettaSciIO's messages as plain lines on standard error: its own
+    handler colours them with terminal escape codes, which show as raw
+    characters in log files and notebooks."""
+    import logging
+
+    log = logging.getLogger("rsciio")
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("RosettaSciIO %(levelname)s: %(message)s"))
+    log.addHandler(handler)
+    log.propagate = False
 
 
 def _read_rsciio(path: Path, plugin: dict, scan_shape) -> Datacube:
