@@ -244,6 +244,56 @@ def test_calibrated_lattice_in_angstrom(tmp_path):
         assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
 
 
+def _distort(image, D, center):
+    """``image`` (..., Qy, Qx) as a detector with distortion ``D`` (2x2 on
+    (x, y) about ``center`` (x, y)) records it."""
+    from scipy import ndimage
+
+    P = np.array([[0, 1], [1, 0]])
+    M = P @ np.linalg.inv(D) @ P
+    c = np.asarray(center, float)[::-1]
+    flat = image.reshape(-1, *image.shape[-2:])
+    out = [ndimage.affine_transform(f, M, offset=c - M @ c, order=1) for f in flat]
+    return np.array(out).reshape(image.shape)
+
+
+def test_elliptical_distortion_measured_on_a_ring_and_removed(tmp_path):
+    """A detector that squeezes circles into ellipses (3 %, major axis at
+    25 degrees) biases the lattice parameters; fit-ellipse measures the
+    distortion on a ring pattern, and --ellipse brings the lattice back to
+    within 0.2 % of the undistorted detector's."""
+    from stemae.data import write_datacube
+    from stemae.data.calibration import ellipse_matrix
+    from stemae.simulate import heterostructure
+
+    D = ellipse_matrix(1.03, 25.0)
+    yy, xx = np.mgrid[0:128, 0:128]
+    r = np.hypot(xx - 64, yy - 64)
+    ring = np.random.default_rng(1).poisson(400 * np.exp(-0.5 * ((r - 40) / 2) ** 2) + 300 * np.exp(-0.5 * (r / 4) ** 2)
+                                            + 3)
+    np.save(tmp_path / "ring.npy", _distort(ring.astype(np.float32), D, (64, 64)))
+    r = runner.invoke(app, ["fit-ellipse", str(tmp_path / "ring.npy"), "--radii", "30,50"])
+    assert r.exit_code == 0, r.output
+    option = r.output.split("--ellipse ")[1].split()[0]
+    ratio, angle = map(float, option.split(","))
+    assert ratio == pytest.approx(1.03, abs=3e-3) and angle == pytest.approx(25, abs=2)
+
+    sim = heterostructure((12, 12), (128, 128), dose=None, seed=5)
+    write_datacube(tmp_path / "flat.h5", sim.data, sim.calibration)
+    write_datacube(tmp_path / "squeezed.h5", _distort(sim.data.astype(np.float32), D, (64, 64)), sim.calibration)
+    a = {}
+    for name, args in (("flat", ["flat.h5"]), ("squeezed", ["squeezed.h5"]),
+                       ("corrected", ["squeezed.h5", "--ellipse", option])):
+        r = runner.invoke(app, ["strain", str(tmp_path / args[0]), *args[1:], "--method", "xcorr", "--reference",
+                                "0:12,0:2", "--out", str(tmp_path / name), "--no-progress"])
+        assert r.exit_code == 0, r.output
+        a[name] = read_results(tmp_path / name / "strain.zarr")[1]["reference_lattice"]
+    assert abs(a["squeezed"]["a_A"] / a["flat"]["a_A"] - 1) > 0.004 or abs(a["squeezed"]["b_A"] / a["flat"]["b_A"] - 1) > 0.004
+    for k in ("a_A", "b_A"):
+        assert a["corrected"][k] == pytest.approx(a["flat"][k], rel=2e-3), k
+    assert a["corrected"]["gamma_deg"] == pytest.approx(a["flat"]["gamma_deg"], abs=0.2)
+
+
 def test_info_reads_without_loading(tmp_path):
     d = tmp_path / "s.zarr"
     assert runner.invoke(app, ["simulate", str(d), "--scan", "3x5", "--pattern", "64x80", "--dose", "0"]).exit_code == 0

@@ -214,6 +214,11 @@ QPixelOpt = Annotated[
         "overrides the file's.",
     ),
 ]
+EllipseOpt = Annotated[
+    Optional[str],
+    typer.Option(metavar="RATIO,DEG", help="Elliptical distortion of the detector to remove (major over minor axis, "
+                 "major axis angle), as `stemae fit-ellipse` measures it."),
+]
 EnergyOpt = Annotated[Optional[float], typer.Option(metavar="KEV", help="Beam energy in keV; overrides the file's.")]
 ScanStepOpt = Annotated[
     Optional[str],
@@ -233,7 +238,8 @@ def _quantity(text: str, name: str, units: dict[str, str]) -> tuple[float, str]:
     raise typer.BadParameter(f"{name} must be a positive number with units ({', '.join(units)}), got {text!r}")
 
 
-def _calibrated(cube, q_pixel_size: Optional[str], energy: Optional[float], scan_step: Optional[str]):
+def _calibrated(cube, q_pixel_size: Optional[str], energy: Optional[float], scan_step: Optional[str],
+                ellipse: Optional[str] = None):
     """The datacube with the calibration given on the command line (units parsed and checked)."""
     from dataclasses import replace
 
@@ -248,6 +254,14 @@ def _calibrated(cube, q_pixel_size: Optional[str], energy: Optional[float], scan
     if scan_step is not None:
         v, u = _quantity(scan_step, "--scan-step", {"nm": "nm", "A": "A", "pm": "pm", "um": "um"})
         cal = replace(cal, r_pixel_size=v, r_units=u)
+    if ellipse is not None:
+        try:
+            ratio, angle = (float(v) for v in ellipse.split(","))
+        except ValueError:
+            raise typer.BadParameter(f"--ellipse must look like 1.02,30 (ratio, degrees), got {ellipse!r}") from None
+        if not 1 <= ratio < 1.5:
+            raise typer.BadParameter(f"--ellipse ratio must be from 1 to 1.5 (major over minor axis), got {ratio}")
+        cal = replace(cal, ellipse_ratio=ratio, ellipse_angle_deg=angle)
     cal.inverse_angstrom_per_pixel()  # mrad without an energy is refused here, before any work
     return replace(cube, calibration=cal)
 
@@ -262,11 +276,12 @@ def _open(
     q_pixel_size: Optional[str] = None,
     energy: Optional[float] = None,
     scan_step: Optional[str] = None,
+    ellipse: Optional[str] = None,
 ):
     """Read a datacube, calibrate it and prepare it (:func:`stemae.data.prepare.prepare`)."""
     from stemae.data.prepare import prepare, read_detector_array
 
-    cube = _calibrated(_read(input, dataset, scan_shape), q_pixel_size, energy, scan_step)
+    cube = _calibrated(_read(input, dataset, scan_shape), q_pixel_size, energy, scan_step, ellipse)
     if dark is not None:
         try:
             dark = float(dark)
@@ -305,6 +320,7 @@ def strain(
     mask: MaskOpt = None,
     bin: BinOpt = 1,
     q_pixel_size: QPixelOpt = None,
+    ellipse: EllipseOpt = None,
     energy: EnergyOpt = None,
     scan_step: ScanStepOpt = None,
     progress: ProgressOpt = True,
@@ -321,7 +337,7 @@ def strain(
         if method != "ccstae" and given:
             raise InputError(f"{', '.join(given)} apply to ccstae only, not to {method}")
         classes, epochs, refine = _ccstae_settings(classes, epochs, refine)
-        cube = _open(input, dataset, scan_shape, dark, mask, bin, q_pixel_size, energy, scan_step)
+        cube = _open(input, dataset, scan_shape, dark, mask, bin, q_pixel_size, energy, scan_step, ellipse)
         t0 = time.perf_counter()
         res = run_strain(
             cube,
@@ -355,16 +371,13 @@ def _ccstae_settings(classes, epochs, refine) -> tuple[int, int, str]:
 
 
 def _report(res: dict, seconds: float, out: Path, cube) -> None:
-    from stemae.data.calibration import lattice_in_angstrom
-
     n = res["valid"].size
     typer.echo(
         f"{n} patterns in {seconds:.1f} s ({n / seconds:.0f}/s), {res['valid'].mean():.1%} valid; "
         f"wrote {out / 'strain.zarr'} and figures"
     )
-    q = cube.calibration.inverse_angstrom_per_pixel()
-    if q:
-        lat = lattice_in_angstrom(res["g_ref"], q)
+    lat = cube.calibration.lattice(res["g_ref"])
+    if lat:
         typer.echo(
             f"reference lattice: a = {lat['a_A']:.4f} A, b = {lat['b_A']:.4f} A, gamma = {lat['gamma_deg']:.2f} "
             f"deg; d-spacings of g1, g2: {lat['d1_A']:.4f}, {lat['d2_A']:.4f} A"
@@ -390,6 +403,7 @@ def train(
     mask: MaskOpt = None,
     bin: BinOpt = 1,
     q_pixel_size: QPixelOpt = None,
+    ellipse: EllipseOpt = None,
     energy: EnergyOpt = None,
     scan_step: ScanStepOpt = None,
     progress: ProgressOpt = True,
@@ -402,7 +416,7 @@ def train(
     _check_output(model, replaceable=CONFIG)
     try:
         classes, epochs, refine = _ccstae_settings(classes, epochs, refine)
-        cube = _open(input, dataset, scan_shape, dark, mask, bin, q_pixel_size, energy, scan_step)
+        cube = _open(input, dataset, scan_shape, dark, mask, bin, q_pixel_size, energy, scan_step, ellipse)
         net, record = train_model(
             cube, classes=classes, epochs=epochs, refine=refine, seed=seed, device=device, progress=progress
         )
@@ -433,6 +447,7 @@ def predict(
     mask: MaskOpt = None,
     bin: BinOpt = 1,
     q_pixel_size: QPixelOpt = None,
+    ellipse: EllipseOpt = None,
     energy: EnergyOpt = None,
     scan_step: ScanStepOpt = None,
     progress: ProgressOpt = True,
@@ -445,7 +460,7 @@ def predict(
     _check_output(out)
     try:
         net = ccstae.load(model, profile=refine)
-        cube = _open(input, dataset, scan_shape, dark, mask, bin, q_pixel_size, energy, scan_step)
+        cube = _open(input, dataset, scan_shape, dark, mask, bin, q_pixel_size, energy, scan_step, ellipse)
         if tuple(cube.pattern_shape) != tuple(net.pattern_shape):
             raise InputError(
                 f"{input}: patterns are {cube.pattern_shape[0]}x{cube.pattern_shape[1]} but the model was trained "
@@ -732,6 +747,40 @@ def export(
     except InputError as e:
         _fail(e)
     typer.echo("wrote " + ", ".join(map(str, paths)) + " (hyperspy.api.load opens them)")
+
+
+@app.command("fit-ellipse")
+def fit_ellipse(
+    input: Path = typer.Argument(..., metavar="INPUT", help="A ring pattern: a datacube (its mean pattern is used) "
+                                 "or a 2D image (.npy, TIFF, PNG) of a polycrystalline or amorphous sample."),
+    radii: str = typer.Option(..., metavar="R0,R1", help="Inner and outer radius (px) around one ring."),
+    center: Optional[str] = typer.Option(None, metavar="X,Y", help="Pattern centre (px); default the central beam."),
+    dataset: DatasetOpt = None,
+    scan_shape: ScanShapeOpt = None,
+):
+    """Measure the detector's elliptical distortion on a ring; prints the --ellipse value to give."""
+    import numpy as np
+
+    from stemae.data.calibration import fit_ring_ellipse
+    from stemae.data.images import read_images
+
+    try:
+        r0, r1 = (float(v) for v in radii.split(","))
+        c = None if center is None else np.array([float(v) for v in center.split(",")])
+    except ValueError:
+        _fail(InputError(f"--radii must look like 40,60 and --center like 64.5,63, got {radii!r}, {center!r}"))
+    try:
+        if input.suffix.lower() in (".tif", ".tiff", ".png") or (
+            input.suffix.lower() == ".npy" and input.is_file() and np.load(input, mmap_mode="r").ndim == 2
+        ):
+            image = read_images([input])[0][0]
+        else:
+            image = _read(input, dataset, scan_shape).data.mean((0, 1)).compute()
+        ratio, angle, used = fit_ring_ellipse(image, (r0, r1), c)
+    except (InputError, ValueError) as e:
+        _fail(e)
+    typer.echo(f"ellipse: major/minor {ratio:.4f}, major axis at {angle:.1f} deg (centre {used[0]:.1f}, {used[1]:.1f})")
+    typer.echo(f"give: --ellipse {ratio:.4f},{angle:.1f}")
 
 
 @app.command()

@@ -35,6 +35,11 @@ class Calibration:
         Beam energy in keV.
     convergence_semiangle_mrad : float
         Probe convergence semi-angle in mrad.
+    ellipse_ratio, ellipse_angle_deg : float
+        Elliptical distortion of the detector: a circle of reciprocal space
+        shows as an ellipse whose major over minor axis is ``ellipse_ratio``,
+        the major axis at ``ellipse_angle_deg`` from detector ``+x`` towards
+        ``+y`` (:func:`fit_ring_ellipse` measures them on a ring).
     """
 
     r_pixel_size: float | None = None
@@ -43,10 +48,27 @@ class Calibration:
     q_units: str | None = None
     beam_energy_kev: float | None = None
     convergence_semiangle_mrad: float | None = None
+    ellipse_ratio: float | None = None
+    ellipse_angle_deg: float | None = None
+
+    def undistortion(self) -> np.ndarray:
+        """The ``(2, 2)`` map taking detector vectors ``(x, y)`` to what an
+        undistorted detector would show (area-preserving; the identity
+        without an ellipse)."""
+        if not self.ellipse_ratio:
+            return np.eye(2)
+        return np.linalg.inv(ellipse_matrix(self.ellipse_ratio, self.ellipse_angle_deg or 0.0))
 
     def to_attrs(self) -> dict:
         """JSON-ready dict of the known fields."""
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def lattice(self, G: np.ndarray) -> dict | None:
+        """:func:`lattice_in_angstrom` of a basis ``(2, 2)`` in detector
+        pixels, the elliptical distortion removed; None without a detector
+        calibration."""
+        q = self.inverse_angstrom_per_pixel()
+        return lattice_in_angstrom(self.undistortion() @ np.asarray(G, np.float64), q) if q else None
 
     def inverse_angstrom_per_pixel(self) -> float | None:
         """The detector pixel in reciprocal angstrom: ``q_pixel_size`` in
@@ -79,6 +101,65 @@ class Calibration:
                 v = v.decode() if isinstance(v, bytes) else v
                 out[f.name] = str(v) if f.name.endswith("units") else float(v)
         return cls(**out)
+
+
+def ellipse_matrix(ratio: float, angle_deg: float) -> np.ndarray:
+    """The area-preserving ``(2, 2)`` distortion that turns a circle into an
+    ellipse of axis ratio ``ratio`` with its major axis at ``angle_deg``."""
+    c, s = np.cos(np.radians(angle_deg)), np.sin(np.radians(angle_deg))
+    R = np.array([[c, -s], [s, c]])
+    return R @ np.diag([np.sqrt(ratio), 1 / np.sqrt(ratio)]) @ R.T
+
+
+def fit_ring_ellipse(image: np.ndarray, radii: tuple[float, float], center=None, n_angles: int = 180
+                     ) -> tuple[float, float, np.ndarray]:
+    """Elliptical distortion measured on a ring (a polycrystalline or
+    amorphous calibration sample's mean pattern, or a Bragg vector map).
+
+    Along each of ``n_angles`` directions from ``center`` the ring's peak
+    radius between ``radii`` is found (0.25 px samples, refined by a
+    parabola); the points are fitted by least squares with the conic
+    ``x' Q x = 1`` about the centre, whose eigenvectors are the axes.
+
+    Parameters
+    ----------
+    image : (Qy, Qx)
+    radii : (inner, outer) px, bracketing one ring
+    center : (x, y) px, or None for the image's brightest spot (the central
+        beam: the centroid of the smoothed image above half its maximum)
+
+    Returns
+    -------
+    ratio : major over minor axis (at least 1)
+    angle_deg : major axis from ``+x`` towards ``+y``, in [-90, 90)
+    center : (x, y) used
+    """
+    from scipy import ndimage
+
+    img = np.asarray(image, np.float64)
+    if center is None:
+        smooth = ndimage.gaussian_filter(img, 2)
+        yy, xx = np.nonzero(smooth >= 0.5 * smooth.max())
+        w = smooth[yy, xx]
+        center = np.array([np.sum(xx * w), np.sum(yy * w)]) / w.sum()
+    center = np.asarray(center, np.float64)
+    r = np.arange(radii[0], radii[1], 0.25)
+    phi = np.linspace(0, 2 * np.pi, n_angles, endpoint=False)
+    x = center[0] + r[None, :] * np.cos(phi)[:, None]
+    y = center[1] + r[None, :] * np.sin(phi)[:, None]
+    profile = ndimage.map_coordinates(ndimage.gaussian_filter(img, 1), [y, x], order=1)
+    i = np.clip(profile.argmax(1), 1, len(r) - 2)
+    a, b, c = (profile[np.arange(n_angles), i + d] for d in (-1, 0, 1))
+    shift = np.where(a - 2 * b + c < 0, 0.5 * (a - c) / (a - 2 * b + c), 0.0)
+    peak = r[i] + 0.25 * np.clip(shift, -1, 1)
+    px, py = peak * np.cos(phi), peak * np.sin(phi)
+    q, *_ = np.linalg.lstsq(np.stack([px * px, 2 * px * py, py * py], 1), np.ones(n_angles), rcond=None)
+    vals, vecs = np.linalg.eigh(np.array([[q[0], q[1]], [q[1], q[2]]]))
+    if (vals <= 0).any():
+        raise InputError("no ring between the radii given: the fitted curve is not an ellipse")
+    major = vecs[:, 0]  # the smaller eigenvalue belongs to the longer axis
+    angle = (np.degrees(np.arctan2(major[1], major[0])) + 90) % 180 - 90
+    return float(np.sqrt(vals[1] / vals[0])), float(angle), center
 
 
 def lattice_in_angstrom(G: np.ndarray, q_per_px: float) -> dict:

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from stemae.data import Datacube, write_results
-from stemae.data.calibration import lattice_in_angstrom
 from stemae.errors import InputError
 from stemae.nn.device import resolve_device
 from stemae.geometry import CONVENTIONS, frame_matrix
@@ -92,7 +91,8 @@ def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, refere
     pred = ccstae.predict(model, datacube.data, device=resolve_device(device), progress=progress)
     if per_phase and reference_phase is not None:
         raise InputError("a reference phase and a reference per phase exclude each other")
-    res = ccstae.map_strain(pred, reference, reference_phase=reference_phase, frame=_frame(frame), per_phase=per_phase)
+    res = ccstae.map_strain(pred, reference, reference_phase=reference_phase, frame=_frame(frame, datacube.calibration),
+                            per_phase=per_phase)
     res["bases"] = model.G.detach().cpu().numpy()
     res["hk"] = model.hk.cpu().numpy().astype(np.int16)
     res["radius"] = model.radius
@@ -158,7 +158,8 @@ def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference
         return predict_strain(model, datacube, out_dir, reference=reference, reference_phase=reference_phase,
                               per_phase=per_phase, frame=frame, device=device, progress=progress, record=record,
                               bundle=bundle_provenance(path))
-    res = map_strain(datacube.data, method=method, reference=reference, frame=_frame(frame), progress=progress)
+    res = map_strain(datacube.data, method=method, reference=reference, frame=_frame(frame, datacube.calibration),
+                     progress=progress)
     clear_stale_figures(out_dir, write_strain_results(datacube, out_dir, res,
                                                       extra_attrs={"strain_frame": _frame_attrs(frame)}))
     return res
@@ -178,9 +179,13 @@ def _frame_attrs(frame: dict | None) -> dict:
     return {"strain_axis": 0.0, "scan_rotation": 0.0, "flip": False, **(frame or {})}
 
 
-def _frame(frame: dict | None):
-    """:func:`~stemae.geometry.frame_matrix` of ``frame``, or None for detector axes."""
-    return None if not frame else frame_matrix(**frame)
+def _frame(frame: dict | None, calibration) -> np.ndarray | None:
+    """The map from detector vectors to the strain maps' axes: the
+    detector's elliptical distortion removed, then
+    :func:`~stemae.geometry.frame_matrix` of ``frame``; None for detector
+    axes as they are."""
+    M = (frame_matrix(**frame) if frame else np.eye(2)) @ calibration.undistortion()
+    return None if np.allclose(M, np.eye(2)) else M
 
 
 def _check_phase(reference_phase: int | None, classes: int) -> None:
@@ -208,12 +213,12 @@ def write_strain_results(datacube: Datacube, out_dir, res: dict, extra_attrs: di
     res = {**res, **pattern_statistics(datacube.data, res["origin"], res["radius"]),
            "bragg_vector_map": bragg_vector_map(G, res["valid"], datacube.pattern_shape)}
     arrays = {k: (res[k], *ARRAY_INFO[k]) for k in ARRAY_INFO if k in res}
-    q = datacube.calibration.inverse_angstrom_per_pixel()
+    lattice = datacube.calibration.lattice(res["g_ref"])
     attrs = {
         "conventions": CONVENTIONS,
         "method": res["method"],
         "reference_basis_px": res["g_ref"],
-        **({"reference_lattice": lattice_in_angstrom(res["g_ref"], q)} if q else {}),
+        **({"reference_lattice": lattice} if lattice else {}),
         "disk_radius_px": res["radius"],
         "calibration": datacube.calibration.to_attrs(),
         "source": datacube.source,
