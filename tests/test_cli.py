@@ -217,8 +217,10 @@ def test_calibrated_lattice_in_angstrom(tmp_path):
         r = runner.invoke(app, ["strain", *args, "--method", "xcorr", "--reference", "0:16,0:3", "--out", str(out),
                                 "--no-progress"])
         assert r.exit_code == 0, r.output
-        lattice = read_results(out / "strain.zarr")[1]["reference_lattice"]
+        stored, attrs_run = read_results(out / "strain.zarr")
+        lattice = attrs_run["reference_lattice"]
         assert lattice["a_A"] == pytest.approx(a_true, rel=2e-3), name
+        np.testing.assert_allclose(stored["g1_inv_A"], stored["g1"] * cal.q_pixel_size, rtol=1e-5)
         assert lattice["b_A"] == pytest.approx(a_true, rel=2e-3) and lattice["gamma_deg"] == pytest.approx(120, abs=0.2)
         assert f"a = {lattice['a_A']:.4f} A" in r.output
     # HyperSpy opens the exported maps with the scan calibrated (0.5 nm steps).

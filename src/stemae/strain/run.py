@@ -46,6 +46,8 @@ ARRAY_INFO = {
     "g1": ("px", "first reciprocal basis vector (x, y) in detector pixels", SCAN + ("xy",)),
     "g2": ("px", "second reciprocal basis vector (x, y) in detector pixels", SCAN + ("xy",)),
     "origin": ("px", "central-beam position (x, y) in detector pixels", SCAN + ("xy",)),
+    "g1_inv_A": ("1/A", "first reciprocal basis vector (x, y), calibrated and undistorted", SCAN + ("xy",)),
+    "g2_inv_A": ("1/A", "second reciprocal basis vector (x, y), calibrated and undistorted", SCAN + ("xy",)),
     "sigma_e_xx": ("1", "standard deviation of e_xx (fit and reference)", SCAN),
     "sigma_e_yy": ("1", "standard deviation of e_yy (fit and reference)", SCAN),
     "sigma_e_xy": ("1", "standard deviation of e_xy (fit and reference)", SCAN),
@@ -212,8 +214,13 @@ def write_strain_results(datacube: Datacube, out_dir, res: dict, extra_attrs: di
     G = np.stack([res["g1"], res["g2"]], -1)
     res = {**res, **pattern_statistics(datacube.data, res["origin"], res["radius"]),
            "bragg_vector_map": bragg_vector_map(G, res["valid"], datacube.pattern_shape)}
+    cal = datacube.calibration
+    lattice = cal.lattice(res["g_ref"])
+    if lattice:
+        to_q = cal.undistortion() * cal.inverse_angstrom_per_pixel()
+        res = {**res, "g1_inv_A": (res["g1"] @ to_q.T).astype(np.float32),
+               "g2_inv_A": (res["g2"] @ to_q.T).astype(np.float32)}
     arrays = {k: (res[k], *ARRAY_INFO[k]) for k in ARRAY_INFO if k in res}
-    lattice = datacube.calibration.lattice(res["g_ref"])
     attrs = {
         "conventions": CONVENTIONS,
         "method": res["method"],
@@ -228,7 +235,6 @@ def write_strain_results(datacube: Datacube, out_dir, res: dict, extra_attrs: di
         **(extra_attrs or {}),
     }
     write_results(out_dir / "strain.zarr", arrays, attrs)
-    cal = datacube.calibration
     step = (cal.r_pixel_size, cal.r_units or "") if cal.r_pixel_size else None
     written = [plot_strain_maps(res, out_dir / "strain_maps.png", res["valid"], title=f"strain ({res['method']})",
                                 scan_step=step),
