@@ -526,8 +526,8 @@ def demo(
     phase = rows[0][3]["phase"]
     typer.echo(f"ccstae phase map agrees with the truth at {(phase == sim.truth['phase']).mean():.1%} of positions")
     typer.echo(
-        f"results in {out}/ (ccstae: strain.zarr, strain_maps.png, phase_map.png, bases.png, loss.png; "
-        f"xcorr/ for the classical method; truth_maps.png)"
+        f"results in {out}/ (ccstae: strain.zarr, strain_maps.png, diagnostics.png, phase_map.png, bases.png, "
+        f"loss.png, model/; xcorr/ for the classical method; truth_maps.png)"
     )
 
 
