@@ -274,7 +274,7 @@ def main():
     for r in rows:
         if "grains" in r["mae"]["ccstae"]:
             for method in ("ccstae", "xcorr", "py4dstem"):
-                gr = r["mae"][method]["grains"]
+                gr = {int(k): v for k, v in r["mae"][method]["grains"].items()}  # JSON keys are strings
                 ref = gr[r["reference_grain"]]
                 worst = max(v[k] / ref[k] for v in gr.values() for k in COMPONENTS)
                 print(f"{r['case']} {method}: worst grain / reference grain {worst:.2f}; per grain MAE "

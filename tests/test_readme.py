@@ -40,5 +40,5 @@ def test_readme_walkthrough(tmp_path, monkeypatch):
     assert attrs["reference_lattice"]["a_A"] == pytest.approx(3.153, rel=3e-3)
     assert attrs["calibration"]["r_pixel_size"] == 0.5 and arrays["valid"].all()
     for name in ("maps/strain_maps.png", "maps/diagnostics.png", "maps/pattern_12_14.png", "maps/strain.hspy",
-                 "along-x/strain_maps.png"):
+                 "turned/strain_maps.png"):
         assert (tmp_path / name).exists(), name
