@@ -1,14 +1,14 @@
 """Raw detector data made fit to map: dark or pedestal subtracted, bad
 pixels (a detector mask, and any NaN or Inf) filled from their neighbours,
-detector pixels binned. Lazy: the Dask array is transformed block by block
-as the methods stream it."""
+detector pixels binned. Lazy: whatever part of the scan a method reads (a
+block of rows, or single patterns drawn for training) is cleaned as it is
+read, so random access costs what it did on the raw file."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
 from scipy import ndimage
 
@@ -68,6 +68,7 @@ def fill_masked(patterns: np.ndarray, bad: np.ndarray) -> np.ndarray:
 
 
 def _clean(block: np.ndarray, dark, mask, factor: int) -> np.ndarray:
+    """Patterns ``(..., Qy, Qx)`` cleaned: dark subtracted, bad pixels filled, binned."""
     x = np.asarray(block, np.float32)
     if dark is not None:
         x = np.maximum(x - dark, 0.0)
@@ -77,9 +78,35 @@ def _clean(block: np.ndarray, dark, mask, factor: int) -> np.ndarray:
     if bad.any():
         x = fill_masked(x, bad)
     if factor > 1:
-        Ry, Rx, Qy, Qx = x.shape
-        x = x.reshape(Ry, Rx, Qy // factor, factor, Qx // factor, factor).sum((3, 5))
+        *lead, Qy, Qx = x.shape
+        x = x.reshape(*lead, Qy // factor, factor, Qx // factor, factor).sum((-3, -1))
     return x
+
+
+class CleanedView:
+    """A read-only array-like ``(Ry, Rx, Qy // bin, Qx // bin)`` float32 over
+    raw patterns: indexing the scan axes reads those patterns from ``data``
+    and cleans them (:func:`_clean`); the detector axes are always whole."""
+
+    def __init__(self, data, dark, mask, factor: int):
+        self.data, self.dark, self.mask, self.factor = data, dark, mask, factor
+        Ry, Rx, Qy, Qx = data.shape
+        self.shape = (Ry, Rx, Qy // factor, Qx // factor)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 4
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        scan, detector = (key + (slice(None),) * 2)[:2], key[2:]
+        raw = np.asarray(self.data[scan + (slice(0, self.shape[2] * self.factor),
+                                           slice(0, self.shape[3] * self.factor))])
+        out = _clean(raw, self.dark, self.mask, self.factor)
+        return out[(Ellipsis,) + detector] if detector else out
+
+    def __array__(self, dtype=None, copy=None):
+        """The whole cleaned datacube in memory."""
+        out = self[:, :]
+        return out if dtype is None else out.astype(dtype)
 
 
 def prepare(cube: Datacube, *, dark=None, mask=None, bin: int = 1) -> Datacube:
@@ -98,7 +125,9 @@ def prepare(cube: Datacube, *, dark=None, mask=None, bin: int = 1) -> Datacube:
 
     Returns
     -------
-    Datacube, float32, lazy; ``source`` and ``calibration`` updated
+    Datacube whose ``data`` is a :class:`CleanedView` (float32, lazy,
+    sliced along the scan axes like the raw array); ``source`` and
+    ``calibration`` updated
     """
     Qy, Qx = cube.pattern_shape
     if bin < 1 or bin > min(Qy, Qx) // 8:
@@ -116,11 +145,12 @@ def prepare(cube: Datacube, *, dark=None, mask=None, bin: int = 1) -> Datacube:
             raise InputError(f"the detector mask marks {mask.mean():.0%} of the pixels as bad; it should be True "
                              "only at bad pixels")
     Qy2, Qx2 = Qy // bin * bin, Qx // bin * bin
-    data = as_datacube_array(cube.data, None, cube.source)[:, :, :Qy2, :Qx2].rechunk({2: -1, 3: -1})
     dark = dark[:Qy2, :Qx2] if dark is not None and not np.isscalar(dark) else dark
     mask = mask[:Qy2, :Qx2] if mask is not None else None
-    data = da.map_blocks(_clean, data, dark, mask, bin, dtype=np.float32,
-                         chunks=data.chunks[:2] + ((Qy2 // bin,), (Qx2 // bin,)))
+    # A view, not a Dask graph over the cleaning: a Dask array computes a
+    # whole chunk to give one pattern of it, and training draws single
+    # patterns all over the scan.
+    data = CleanedView(as_datacube_array(cube.data, None, cube.source), dark, mask, bin)
     steps = [f"dark {dark if np.isscalar(dark) else 'reference'}" if dark is not None else "",
              f"{int(mask.sum())} masked pixels" if mask is not None else "", f"bin {bin}" if bin > 1 else ""]
     steps = [s for s in steps if s]

@@ -27,7 +27,8 @@ class Datacube:
 
     Attributes
     ----------
-    data : dask.array.Array, shape (Ry, Rx, Qy, Qx)
+    data : dask.array.Array, shape (Ry, Rx, Qy, Qx), as read (or, after
+        :func:`stemae.data.prepare.prepare`, a view that cleans what is read)
     calibration : Calibration
     source : str
         Where the data came from (path and dataset).
