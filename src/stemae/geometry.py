@@ -298,10 +298,10 @@ def strain_maps(
     G = np.asarray(G, dtype=np.float64)
     mask = reference_mask(G.shape[:2], reference)
     members = reference_members(G, mask, valid)
-    G_det = G[members].mean(axis=0)
+    G_det = G_ref = G[members].mean(axis=0)
     if frame is not None:
         G, cov = change_frame(G, None if cov is None else np.asarray(cov, dtype=np.float64), frame)
-    G_ref = G[members].mean(axis=0)
+        G_ref = frame @ G_det
     ok = np.isfinite(G).all(axis=(-1, -2)) & (np.abs(np.linalg.det(np.nan_to_num(G))) > 0)
     if valid is not None:
         ok &= valid

@@ -833,7 +833,6 @@ def map_strain(pred: dict, reference=None, max_chi2: float | None = None, refere
     else:
         groups = [(reference_phase, np.ones(G0.shape[:2], bool))]
     maps, G, mask, refs = {}, np.full_like(G0, np.nan), np.zeros(G0.shape[:2], bool), []
-    cov = np.full_like(pred["cov"], np.nan, dtype=np.float64)
     for k, members in groups:
         m = region if k is None else region & (pred["phase"] == k)
         if per_phase and not (m & valid).any():
@@ -845,7 +844,7 @@ def map_strain(pred: dict, reference=None, max_chi2: float | None = None, refere
         mk, G_ref = strain_maps(Gk, m, valid, cov=covk, frame=frame)
         for name, v in mk.items():
             maps.setdefault(name, np.full(v.shape, np.nan, np.float32))[members] = v[members]
-        G[members], cov[members] = Gk[members], covk[members]
+        G[members] = Gk[members]
         mask |= m
         refs.append((k, G_ref))
     out = dict(maps)
@@ -855,7 +854,7 @@ def map_strain(pred: dict, reference=None, max_chi2: float | None = None, refere
             {"phase": int(k), "basis_px": G_ref.tolist(),
              "mismatch": {n: float(v) for n, v in strain_from_deformation(
                  deformation_from_reciprocal(G_ref, G_first)).items()}} for k, G_ref in refs]
-    out.update(reference=mask, valid=valid & np.isfinite(cov).all(axis=(-1, -2)), g1=G[..., :, 0].astype(np.float32),
+    out.update(reference=mask, valid=valid, g1=G[..., :, 0].astype(np.float32),
                g2=G[..., :, 1].astype(np.float32), origin=pred["origin"].astype(np.float32), g_ref=refs[0][1],
                phase=pred["phase"], probabilities=pred["probabilities"].astype(np.float32),
                chi2=pred["chi2"].astype(np.float32), n_disks=pred["n_disks"].astype(np.int16),

@@ -31,8 +31,8 @@ METHODS = ("ccstae", "xcorr", "com")
 #: Every figure a strain run may write; those a run does not write are
 #: removed from its folder, so no figure of an earlier run stays beside
 #: new results.
-FIGURES = ("strain_maps.png", "diagnostics.png", "uncertainty_maps.png", "reference_lattice.png", "phase_map.png", "bases.png",
-           "virtual_dark_field.png", "loss.png")
+FIGURES = ("strain_maps.png", "diagnostics.png", "uncertainty_maps.png", "reference_lattice.png", "phase_map.png",
+           "bases.png", "virtual_dark_field.png", "loss.png")
 
 #: Dimension names of the scan axes in the results store.
 SCAN = ("scan_y", "scan_x")
@@ -55,7 +55,8 @@ ARRAY_INFO = {
     "n_disks": ("count", "Bragg disks used in the lattice fit besides the central beam", SCAN),
     "rms": ("px", "weighted RMS residual of the lattice fit", SCAN),
     "chi2": ("1", "Pearson chi-square of the pattern fit per degree of freedom (about 1 where the model fits)", SCAN),
-    "disk_intensity": ("counts", "virtual dark field: fitted counts in each reflection's disk, last axis as 'hk'", SCAN + ("reflection",)),
+    "disk_intensity": ("counts", "virtual dark field: fitted counts in each reflection's disk, last axis as 'hk'",
+                       SCAN + ("reflection",)),
     "hk": ("", "reflection indices (h, k) of disk_intensity's last axis, in the base's g1, g2", ("reflection", "hk")),
     "background": ("counts/px", "scale of the diffuse background (counts per pixel where its shape is 1)", SCAN),
     "com": ("px", "whole-pattern centre of mass (x, y) in detector pixels", SCAN + ("xy",)),
@@ -89,10 +90,8 @@ def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, refere
     """Map strain and phase with a trained CC-ST-AE and write the results
     (``bundle``: :func:`~stemae.nn.bundle.bundle_provenance` of the model's
     bundle, recorded in the store)."""
-    _check_phase(reference_phase, model.K)
+    _check_phase(reference_phase, model.K, per_phase)
     pred = ccstae.predict(model, datacube.data, device=resolve_device(device), progress=progress)
-    if per_phase and reference_phase is not None:
-        raise InputError("a reference phase and a reference per phase exclude each other")
     res = ccstae.map_strain(pred, reference, reference_phase=reference_phase, frame=_frame(frame, datacube.calibration),
                             per_phase=per_phase)
     res["bases"] = model.G.detach().cpu().numpy()
@@ -108,7 +107,7 @@ def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, refere
                                                 **({"phase_references": res["phase_references"]} if per_phase else {}),
                                                 **({"bundle": bundle} if bundle else {})})
     written += [plot_phase_map(res["phase"], res["probabilities"], out_dir / "phase_map.png",
-                               phase_names(res["bases"], datacube.calibration.inverse_angstrom_per_pixel())),
+                               phase_names(res["bases"], datacube.calibration)),
                 plot_bases(res["bases"], res["hk"], res["radius"], datacube.pattern_shape,
                            model.center.cpu().numpy(), out_dir / "bases.png"),
                 plot_virtual_dark_field(res["disk_intensity"], res["hk"], out_dir / "virtual_dark_field.png")]
@@ -119,8 +118,9 @@ def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, refere
 
 
 def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference=None,
-               reference_phase: int | None = None, per_phase: bool = False, frame: dict | None = None, classes: int = 1, epochs: int = 3,
-               refine: str = "voigt", seed: int = 0, device: str = "cpu", progress: bool = False) -> dict:
+               reference_phase: int | None = None, per_phase: bool = False, frame: dict | None = None,
+               classes: int = 1, epochs: int = 3, refine: str = "voigt", seed: int = 0, device: str = "cpu",
+               progress: bool = False) -> dict:
     """Map strain (and phase, for ``ccstae``); write ``out_dir/strain.zarr`` and figures.
 
     Parameters
@@ -152,8 +152,7 @@ def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference
     if method != "ccstae" and (reference_phase is not None or per_phase):
         raise InputError(f"a reference by phase needs the phases ccstae learns; {method} has none (give --reference)")
     if method == "ccstae":
-        _check_phase(reference_phase, classes)
-    if method == "ccstae":
+        _check_phase(reference_phase, classes, per_phase)
         model, record = train_model(datacube, classes=classes, epochs=epochs, refine=refine, seed=seed,
                                     device=device, progress=progress)
         path = ccstae.save(model, Path(out_dir) / "model", record)
@@ -167,13 +166,16 @@ def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference
     return res
 
 
-def phase_names(bases: np.ndarray, q_per_px: float | None) -> list[str]:
-    """A label per learned base (K, 2, 2): its two plane spacings, in
-    angstrom when the detector is calibrated (else |g| in px)."""
-    g = np.linalg.norm(bases, axis=1)  # (K, 2): |g1|, |g2|
-    if q_per_px:
-        return [f"{k}: d {1 / (a * q_per_px):.3f}, {1 / (b * q_per_px):.3f} A" for k, (a, b) in enumerate(g)]
-    return [f"{k}: |g| {a:.2f}, {b:.2f} px" for k, (a, b) in enumerate(g)]
+def phase_names(bases: np.ndarray, calibration) -> list[str]:
+    """A label per learned base (K, 2, 2): its two plane spacings in
+    angstrom when the detector is calibrated
+    (:meth:`~stemae.data.calibration.Calibration.lattice`), else |g| in px."""
+    names = []
+    for k, G in enumerate(bases):
+        lat = calibration.lattice(G)
+        a, b = np.linalg.norm(G, axis=0)
+        names.append(f"{k}: d {lat['d1_A']:.3f}, {lat['d2_A']:.3f} A" if lat else f"{k}: |g| {a:.2f}, {b:.2f} px")
+    return names
 
 
 def _frame_attrs(frame: dict | None) -> dict:
@@ -190,7 +192,10 @@ def _frame(frame: dict | None, calibration) -> np.ndarray | None:
     return None if np.allclose(M, np.eye(2)) else M
 
 
-def _check_phase(reference_phase: int | None, classes: int) -> None:
+def _check_phase(reference_phase: int | None, classes: int, per_phase: bool) -> None:
+    """Refuse a reference phase the model does not have, before any work."""
+    if per_phase and reference_phase is not None:
+        raise InputError("a reference phase and a reference per phase exclude each other")
     if reference_phase is not None and not 0 <= reference_phase < classes:
         raise InputError(f"reference phase {reference_phase} does not exist: the model has {classes} phase(s), "
                          f"0 to {classes - 1}")
