@@ -820,7 +820,8 @@ def map_strain(pred: dict, reference=None, max_chi2: float | None = None, refere
     Positions with fewer than three disks on the detector, or a chi-square
     per degree of freedom above ``max_chi2``, are invalid. With
     ``per_phase``, ``phase_references`` lists each phase's reference basis
-    (px) and its strain against the first phase's (the mismatch).
+    (detector px) and its strain against the first phase's (the mismatch,
+    in the axes of ``frame`` like the maps).
     """
     G0 = pred["G"].astype(np.float64)
     region = reference_mask(G0.shape[:2], reference)
@@ -849,11 +850,14 @@ def map_strain(pred: dict, reference=None, max_chi2: float | None = None, refere
         refs.append((k, G_ref))
     out = dict(maps)
     if per_phase:
-        G_first = refs[0][1]
+        # The mismatch in the maps' axes (distortion removed, frame turned),
+        # like the maps themselves; the bases stay in detector pixels.
+        M = np.eye(2) if frame is None else frame
+        G_first = M @ refs[0][1]
         out["phase_references"] = [
             {"phase": int(k), "basis_px": G_ref.tolist(),
              "mismatch": {n: float(v) for n, v in strain_from_deformation(
-                 deformation_from_reciprocal(G_ref, G_first)).items()}} for k, G_ref in refs]
+                 deformation_from_reciprocal(M @ G_ref, G_first)).items()}} for k, G_ref in refs]
     out.update(reference=mask, valid=valid, g1=G[..., :, 0].astype(np.float32),
                g2=G[..., :, 1].astype(np.float32), origin=pred["origin"].astype(np.float32), g_ref=refs[0][1],
                phase=pred["phase"], probabilities=pred["probabilities"].astype(np.float32),
