@@ -251,8 +251,11 @@ def fit_disk_lattice(
     last evaluation, before its step), ``amplitudes`` (B, J + 1) and
     ``offsets`` (B, J + 1) (central beam first; counts at the disk's
     plateau), ``background`` (B,) scale, ``on`` (B, J + 1) bool, disks
-    used, ``chi2`` (B,) Pearson chi-square and ``dof`` (B,) pixels used
-    minus fitted parameters.
+    used, ``chi2`` (B,) Pearson chi-square, ``dof`` (B,) pixels used
+    minus fitted parameters and ``disk_information`` (B, J + 1) each disk's
+    share of the information on ``A`` (the trace of its term in the
+    ``A`` block, ``|g_j|^2`` times its position information; 0 for the
+    central beam), which says which reflections carry the strain.
     """
     B, H, W = images.shape
     dt, dev = images.dtype, images.device
@@ -364,8 +367,9 @@ def fit_disk_lattice(
     chi2 = (w * res * res).sum((1, 2))
     n_lin = on.sum(1) * (2 if local_background else 1) + (0 if bg is None else 1)
     dof = w0.sum((1, 2)) - n_lin - 6
+    disk_information = (sxx + syy) * shrink * (gx * gx + gy * gy)
     return dict(origin=origin, A=A, information=info, amplitudes=a, offsets=b, background=s, on=on, chi2=chi2,
-                dof=dof)
+                dof=dof, disk_information=disk_information)
 
 
 def fit_central_beam(images: torch.Tensor, origin: torch.Tensor, disk: torch.Tensor, disk_dr: float, radius: float,

@@ -95,6 +95,7 @@ TURN_MARGIN = math.radians(3.0)  # orientation search reaches this beyond the tr
 NOISE_FLOOR = 0.05  # smallest model value (counts) in Poisson weights
 PHASE_ROUNDS = 2  # passes of refitting positions whose neighbours hold another phase
 SEARCH_TURN = math.radians(10.0)  # bundles whose training rotations span more search every pattern's orientation
+KEEP_INFORMATION = 0.995  # share of each base's strain information the kept reflections hold
 
 
 def stretch(A: torch.Tensor) -> torch.Tensor:
@@ -383,6 +384,29 @@ def _reflection_indices(G: np.ndarray, center, shape, radius: float) -> np.ndarr
     return hk[ok]
 
 
+def _informative(information: np.ndarray, classes: np.ndarray, n_classes: int,
+                 keep: float = KEEP_INFORMATION) -> np.ndarray:
+    """Reflections (J,) bool worth fitting: for every base, the fewest that
+    hold a share ``keep`` of its patterns' information on the transform.
+
+    ``information`` (N, J) each pattern's per-disk information
+    (``disk_information`` of :func:`~stemae.nn.lattice.fit_disk_lattice`,
+    0 where a disk is off the detector); ``classes`` (N,) base of each
+    pattern. Faint reflections cost as much to fit as bright ones and add
+    almost nothing (their loss widens the errors by ``1 / sqrt(keep)`` at
+    most).
+    """
+    chosen = np.zeros(information.shape[1], bool)
+    for k in range(n_classes):
+        total = np.nan_to_num(information[classes == k]).clip(0, None).sum(0)
+        if total.sum() <= 0:
+            continue
+        order = np.argsort(-total)
+        held = np.cumsum(total[order]) / total.sum()
+        chosen[order[: int(np.searchsorted(held, keep)) + 1]] = True
+    return chosen
+
+
 def _shells(hk: np.ndarray, G: np.ndarray) -> np.ndarray:
     """Shell index (J,) of each reflection: equal ``|g|`` in base ``G`` to 2 %."""
     length = np.linalg.norm(hk @ G.T, axis=1)
@@ -404,8 +428,10 @@ def initialise(data, n_classes: int, n_init: int, seed: int, progress: bool = Fa
        lattice shapes clustered into ``n_classes`` bases.
     3. Per pattern of the sample, a likelihood fit started from its tile's
        lattice: the background's radial shape (pixels outside all disks),
-       each reflection's typical strength, and the spread of orientations,
-       which bounds the orientation search at prediction.
+       each reflection's typical strength, the reflections worth fitting
+       (those holding ``KEEP_INFORMATION`` of the strain information, see
+       :func:`_informative`), and the spread of orientations, which bounds
+       the orientation search at prediction.
 
     Returns
     -------
@@ -526,9 +552,11 @@ def initialise(data, n_classes: int, n_init: int, seed: int, progress: bool = Fa
     G_pat = second["A"].double().numpy() @ Gk[cls]
     if n_classes > 1:
         Gk, cls = _refine_bases(G_pat, Gk)
+    kept = _informative(second["disk_information"][:, 1:].double().numpy(), cls, n_classes)
+    hk, shells = hk[kept], shells[kept]
     total = np.maximum(patterns[sel].sum((1, 2)), 1.0)
-    amp = second["amplitudes"][:, 1:].double().numpy() / total[:, None]
-    amp = np.where(second["on"][:, 1:].numpy(), amp, np.nan)
+    amp = second["amplitudes"][:, 1:][:, kept].double().numpy() / total[:, None]
+    amp = np.where(second["on"][:, 1:][:, kept].numpy(), amp, np.nan)
     strength = np.zeros((n_classes, len(hk)))
     for k in range(n_classes):
         seen = np.isfinite(amp[cls == k]).any(0)
