@@ -48,7 +48,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, confusion_matrix
 
 from stemae.domains import model as ae
-from stemae.domains.run import map_domains, map_frame
+from stemae.domains.run import FrameStep, map_domains
 from stemae.domains.windows import window_ffts
 from stemae.simulate.domains import DOMAIN_TYPES, simulate_domain_images, simulate_domain_series
 from stemae.simulate.patchwork import patchwork_images
@@ -182,7 +182,8 @@ def throughput(seed: int) -> dict:
         return spectra.shape[0] * spectra.shape[1] * spectra.shape[2]
 
     def whole_step():
-        return sum(map_frame(model, f, 64, 16, 33)["order"].size for f in sim.images)
+        step = FrameStep(model, sim.images.shape[1:], 64, 16, 33)
+        return sum(step(f[None])["order"].size for f in sim.images)
 
     out = {}
     for name, fn in (("encode", encode_only), ("step", whole_step)):

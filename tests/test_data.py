@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import zarr
 
-from stemae.data import Calibration, iter_row_blocks, read_datacube, read_results, write_datacube, write_results
+from stemae.data import Calibration, read_datacube, read_results, write_datacube, write_results
+from stemae.runner import read_block
 from stemae.errors import InputError
 
 
@@ -170,7 +171,7 @@ def test_nan_and_inf_are_reported_with_position(small_cube):
     bad = small_cube.copy()
     bad[2, 1, 3, 3] = np.inf
     with pytest.raises(InputError, match=r"row 2, col 1\) contains NaN or Inf"):
-        list(iter_row_blocks(bad, 2))
+        read_block(bad, 2, 4)
 
 
 # --- results store: atomic, never half-written -----------------------------

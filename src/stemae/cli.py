@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from pathlib import Path
@@ -96,6 +97,46 @@ def _check_output(path: Path, kind: str = "folder", replaceable: Optional[str] =
         _fail(e)
 
 
+@contextlib.contextmanager
+def _cluster(scheduler: Optional[str], workers: Optional[int]):
+    """A ``dask.distributed.Client`` for ``--scheduler`` or ``--workers`` (None for neither)."""
+    if scheduler and workers:
+        _fail(InputError("give --scheduler (a running cluster) or --workers (a local one), not both"))
+    if workers is not None and workers < 1:
+        _fail(InputError(f"--workers must be at least 1, got {workers}"))
+    if not scheduler and not workers:
+        yield None
+        return
+    from dask.distributed import Client, LocalCluster
+
+    try:
+        client = Client(scheduler, timeout="20s") if scheduler else Client(
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None))
+    except OSError as e:
+        _fail(InputError(f"cannot reach the Dask scheduler at {scheduler}: {e}"))
+    with client:
+        yield client
+    if workers:
+        client.cluster.close()
+
+
+def _block_rows(rows: Optional[int]) -> Optional[int]:
+    if rows is not None and rows < 1:
+        raise InputError(f"--block-rows must be at least 1, got {rows}")
+    return rows
+
+
+def _interrupted(out: Path) -> None:
+    """Say what an interrupted run kept and how to resume it, then exit."""
+    from stemae.runner import partial_status
+    from stemae.strain.run import PARTIAL
+
+    kept = partial_status(out / PARTIAL)
+    where = f"{kept[0]} of {kept[1]} blocks are kept in {out / PARTIAL}; " if kept else ""
+    typer.secho(f"interrupted: {where}run the same command again to resume", fg="yellow", err=True)
+    raise typer.Exit(130)
+
+
 def _fail(e: Exception) -> None:
     typer.secho(f"error: {e}", fg="red", err=True)
     raise typer.Exit(2)
@@ -168,6 +209,19 @@ ReferencePhaseOpt = Annotated[
     ),
 ]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", metavar="PATH", help="Output directory.")]
+SchedulerOpt = Annotated[
+    Optional[str],
+    typer.Option(metavar="ADDRESS", help="Map on a running Dask cluster (its scheduler, e.g. tcp://host:8786); "
+                                         "every worker must reach the input file."),
+]
+BlockRowsOpt = Annotated[
+    Optional[int],
+    typer.Option(metavar="N", help="Scan rows per block (default: about 32 MB of patterns). Blocks are mapped and "
+                                   "written one by one; smaller ones use less memory and lose less when interrupted."),
+]
+WorkersOpt = Annotated[
+    Optional[int], typer.Option(metavar="N", help="Map on a local Dask cluster of N worker processes.")
+]
 ClassesOpt = Annotated[
     Optional[int], typer.Option(metavar="K", help="CC-ST-AE: number of bases (phases or grain types).  [default: 1]")
 ]
@@ -323,10 +377,14 @@ def strain(
     ellipse: EllipseOpt = None,
     energy: EnergyOpt = None,
     scan_step: ScanStepOpt = None,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
+    block_rows: BlockRowsOpt = None,
     progress: ProgressOpt = True,
 ):
-    """Map strain and rotation (and phase, for ccstae); writes OUT/strain.zarr, PNG figures and, for ccstae,
-    the trained bundle OUT/model."""
+    """Map strain and rotation (and phase, for ccstae); writes OUT/strain.zarr, PNG figures and the method's
+    bundle OUT/model (the trained CC-ST-AE or the classical methods' fitted state). An interrupted run resumes
+    when the same command is run again."""
     from stemae.strain.run import run_strain
 
     _check_output(out)
@@ -339,23 +397,28 @@ def strain(
         classes, epochs, refine = _ccstae_settings(classes, epochs, refine)
         cube = _open(input, dataset, scan_shape, dark, mask, bin, q_pixel_size, energy, scan_step, ellipse)
         t0 = time.perf_counter()
-        res = run_strain(
-            cube,
-            out,
-            method=method,
-            reference=_box(reference),
-            reference_phase=reference_phase,
-            per_phase=reference_per_phase,
-            frame=_frame_options(strain_axis, scan_rotation, flip),
-            classes=classes,
-            epochs=epochs,
-            refine=refine,
-            seed=seed,
-            device=device,
-            progress=progress,
-        )
+        with _cluster(scheduler, workers) as client:
+            res = run_strain(
+                cube,
+                out,
+                method=method,
+                reference=_box(reference),
+                reference_phase=reference_phase,
+                per_phase=reference_per_phase,
+                frame=_frame_options(strain_axis, scan_rotation, flip),
+                classes=classes,
+                epochs=epochs,
+                refine=refine,
+                seed=seed,
+                device=device,
+                progress=progress,
+                client=client,
+                rows=_block_rows(block_rows),
+            )
     except (InputError, ValueError) as e:
         _fail(e)
+    except KeyboardInterrupt:
+        _interrupted(out)
     _report(res, time.perf_counter() - t0, out, cube)
 
 
@@ -429,7 +492,9 @@ def train(
 @app.command()
 def predict(
     input: Path = typer.Argument(..., metavar="INPUT", help="Datacube to map."),
-    model: Path = typer.Option(..., "--model", "-m", metavar="BUNDLE", help="Bundle folder written by `stemae train`."),
+    model: Path = typer.Option(
+        ..., "--model", "-m", metavar="BUNDLE", help="Bundle folder written by `stemae train` or `stemae strain`."
+    ),
     out: OutOpt = Path("stemae-results"),
     reference: ReferenceOpt = None,
     reference_phase: ReferencePhaseOpt = None,
@@ -450,37 +515,48 @@ def predict(
     ellipse: EllipseOpt = None,
     energy: EnergyOpt = None,
     scan_step: ScanStepOpt = None,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
+    block_rows: BlockRowsOpt = None,
     progress: ProgressOpt = True,
 ):
-    """Map strain and phase of a datacube with a trained bundle."""
-    from stemae.nn.bundle import bundle_provenance
-    from stemae.strain import ccstae
-    from stemae.strain.run import predict_strain
+    """Map strain (and phase) of a datacube with a bundle: a trained CC-ST-AE (`stemae train`) or a classical
+    method's state (OUT/model of `stemae strain --method xcorr`). An interrupted run resumes when the same
+    command is run again."""
+    from stemae.nn.bundle import bundle_provenance, bundle_kind
+    from stemae.strain import ccstae, classical
+    from stemae.strain.run import predict_classical, predict_strain
 
     _check_output(out)
     try:
-        net = ccstae.load(model, profile=refine)
+        kind = bundle_kind(model)
+        if kind == classical.KIND:
+            if refine is not None or reference_phase is not None or reference_per_phase:
+                raise InputError("--refine and references by phase apply to ccstae bundles only")
+            state, shape = classical.load_state(model)
+        else:
+            net = ccstae.load(model, profile=refine)
+            shape = net.pattern_shape
         cube = _open(input, dataset, scan_shape, dark, mask, bin, q_pixel_size, energy, scan_step, ellipse)
-        if tuple(cube.pattern_shape) != tuple(net.pattern_shape):
+        if tuple(cube.pattern_shape) != tuple(shape):
             raise InputError(
-                f"{input}: patterns are {cube.pattern_shape[0]}x{cube.pattern_shape[1]} but the model was trained "
-                f"on {net.pattern_shape[0]}x{net.pattern_shape[1]}"
+                f"{input}: patterns are {cube.pattern_shape[0]}x{cube.pattern_shape[1]} but the model was made "
+                f"on {shape[0]}x{shape[1]}"
             )
         t0 = time.perf_counter()
-        res = predict_strain(
-            net,
-            cube,
-            out,
-            reference=_box(reference),
-            reference_phase=reference_phase,
-            per_phase=reference_per_phase,
-            frame=_frame_options(strain_axis, scan_rotation, flip),
-            device=device,
-            progress=progress,
-            bundle=bundle_provenance(model),
-        )
+        with _cluster(scheduler, workers) as client:
+            common = dict(reference=_box(reference), frame=_frame_options(strain_axis, scan_rotation, flip),
+                          progress=progress, bundle=bundle_provenance(model), client=client,
+                          rows=_block_rows(block_rows))
+            if kind == classical.KIND:
+                res = predict_classical(state, cube, out, **common)
+            else:
+                res = predict_strain(net, cube, out, reference_phase=reference_phase, per_phase=reference_per_phase,
+                                     device=device, **common)
     except (InputError, ValueError) as e:
         _fail(e)
+    except KeyboardInterrupt:
+        _interrupted(out)
     _report(res, time.perf_counter() - t0, out, cube)
 
 
@@ -610,6 +686,8 @@ def domains(
     ),
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
     progress: ProgressOpt = True,
 ):
     """Map ferroelectric domains in BF-STEM images or a series with the windowing autoencoder."""
@@ -626,22 +704,24 @@ def domains(
         stack, names = read_images(images)
         frame_labels, kind = parse_labels(labels, len(stack))
         model, cfg = load_model(init, dev) if init is not None else (None, {})
-        maps, info, model = map_domains(
-            stack,
-            window=window,
-            stride=stride,
-            init=model,
-            init_window=cfg.get("window"),
-            n_clusters=clusters,
-            epochs=epochs,
-            latent=latent,
-            l1=l1,
-            l1_start=l1_start,
-            l1_ramp=l1_ramp,
-            seed=seed,
-            device=dev,
-            progress=progress,
-        )
+        with _cluster(scheduler, workers) as client:
+            maps, info, model = map_domains(
+                stack,
+                window=window,
+                stride=stride,
+                init=model,
+                init_window=cfg.get("window"),
+                n_clusters=clusters,
+                epochs=epochs,
+                latent=latent,
+                l1=l1,
+                l1_start=l1_start,
+                l1_ramp=l1_ramp,
+                seed=seed,
+                device=dev,
+                progress=progress,
+                client=client,
+            )
         if init is not None:
             info["init"] = bundle_provenance(init)
         write_domain_results(out, stack, names, frame_labels, label_name if labels else "frame", maps, info, model)

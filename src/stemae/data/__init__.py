@@ -1,6 +1,6 @@
 """I/O and validation: datacube readers, results stores, block streaming."""
 
-from stemae.data.blocks import iter_row_blocks, read_patterns, rows_for_budget
+from stemae.data.blocks import read_patterns, rows_for_budget
 from stemae.data.calibration import Calibration
 from stemae.data.readers import Datacube, as_datacube_array, read_datacube, write_datacube
 from stemae.data.results import atomic_path, read_results, write_results
@@ -10,7 +10,6 @@ __all__ = [
     "Datacube",
     "as_datacube_array",
     "atomic_path",
-    "iter_row_blocks",
     "read_datacube",
     "read_patterns",
     "read_results",

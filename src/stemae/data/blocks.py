@@ -1,31 +1,14 @@
-"""Stream a datacube in blocks of whole scan rows, checking the values."""
+"""Reading patterns from a datacube: block sizes, single patterns, finiteness checks."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import numpy as np
 
 from stemae.errors import InputError
 
 
-def iter_row_blocks(data, rows_per_block: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(row0, block)`` with ``block`` float32 ``(rows, Rx, Qy, Qx)``.
-
-    ``data`` is any sliceable array (NumPy, Dask, h5py, zarr). A block with
-    NaN or Inf raises :class:`InputError` naming the first bad scan position.
-    """
-    Ry = data.shape[0]
-    for r0 in range(0, Ry, rows_per_block):
-        block = np.asarray(data[r0 : r0 + rows_per_block], dtype=np.float32)
-        finite = np.isfinite(block).all(axis=(2, 3))
-        if not finite.all():
-            r, c = np.argwhere(~finite)[0]
-            raise InputError(_not_finite(r0 + r, c))
-        yield r0, block
-
-
-def _not_finite(row, col) -> str:
+def not_finite_message(row, col) -> str:
+    """What stemae says of a pattern holding NaN or Inf at scan position (row, col)."""
     return f"the pattern at scan position (row {row}, col {col}) contains NaN or Inf; stemae needs finite detector values"
 
 
@@ -42,5 +25,5 @@ def read_patterns(data, rows, cols) -> np.ndarray:
     bad = ~np.isfinite(out).all(axis=(1, 2))
     if bad.any():
         i = int(np.argmax(bad))
-        raise InputError(_not_finite(int(rows[i]), int(cols[i])))
+        raise InputError(not_finite_message(int(rows[i]), int(cols[i])))
     return out

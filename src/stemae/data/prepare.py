@@ -144,6 +144,7 @@ def prepare(cube: Datacube, *, dark=None, mask=None, bin: int = 1) -> Datacube:
         if mask.mean() > 0.5:
             raise InputError(f"the detector mask marks {mask.mean():.0%} of the pixels as bad; it should be True "
                              "only at bad pixels")
+    opener = None if cube.opener is None else {**cube.opener, "prepare": {"dark": dark, "mask": mask, "bin": bin}}
     Qy2, Qx2 = Qy // bin * bin, Qx // bin * bin
     dark = dark[:Qy2, :Qx2] if dark is not None and not np.isscalar(dark) else dark
     mask = mask[:Qy2, :Qx2] if mask is not None else None
@@ -158,4 +159,4 @@ def prepare(cube: Datacube, *, dark=None, mask=None, bin: int = 1) -> Datacube:
     if bin > 1 and cal.q_pixel_size is not None:
         cal = replace(cal, q_pixel_size=cal.q_pixel_size * bin)
     source = cube.source + (f" ({', '.join(steps)})" if steps else "")
-    return Datacube(data, cal, source, cube.extra)
+    return Datacube(data, cal, source, cube.extra, opener)

@@ -7,7 +7,7 @@ of shape ``(Ry, Rx, Qy, Qx)``: nothing is loaded until a block is asked for.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import dask.array as da
@@ -35,12 +35,18 @@ class Datacube:
     extra : dict
         Further arrays stored beside the data (for example a simulator's
         ground truth), loaded eagerly; empty for detector files.
+    opener : dict or None
+        How to open ``data`` again elsewhere (another process, a Dask
+        worker): the file and the arguments of :func:`read_datacube` and
+        of :func:`~stemae.data.prepare.prepare`; None for data made in
+        memory. See :func:`lazy`.
     """
 
     data: da.Array
     calibration: Calibration = field(default_factory=Calibration)
     source: str = ""
     extra: dict = field(default_factory=dict)
+    opener: dict | None = None
 
     @property
     def scan_shape(self) -> tuple[int, int]:
@@ -312,19 +318,56 @@ def read_datacube(path, dataset: str | None = None, scan_shape: tuple[int, int] 
     path = Path(path)
     _check_file(path)
     suffix = path.suffix.lower()
+    opener = {"path": str(path.resolve()), "dataset": dataset, "scan_shape": scan_shape}
     if suffix == ".npy":
-        return _read_npy(path, scan_shape)
+        return replace(_read_npy(path, scan_shape), opener=opener)
     if suffix in HDF5_SUFFIXES:
-        return _read_hdf5(path, dataset, scan_shape)
+        return replace(_read_hdf5(path, dataset, scan_shape), opener=opener)
     if suffix == ".zarr" or (path.is_dir() and (path / "zarr.json").exists()):
-        return _read_zarr(path, dataset, scan_shape)
+        return replace(_read_zarr(path, dataset, scan_shape), opener=opener)
     plugin = _rsciio_plugin(suffix)
     if plugin is not None:
-        return _read_rsciio(path, plugin, scan_shape)
+        return replace(_read_rsciio(path, plugin, scan_shape), opener=opener)
     raise InputError(
         f"{path}: unknown file type {suffix!r}; stemae reads .npy, HDF5 (.h5, .hdf5, .emd), "
         ".zarr and the detector formats of RosettaSciIO (.mib, .blo, .dm4, ...)"
     )
+
+
+class Reopened:
+    """A datacube's data that pickles as the way to open it
+    (:attr:`Datacube.opener`) and opens it on first use in each process,
+    so Dask workers read their own blocks from the file. Array-like
+    ``(Ry, Rx, Qy, Qx)``, sliced along the scan axes."""
+
+    def __init__(self, opener: dict, shape: tuple[int, ...], dtype):
+        self.opener, self.shape, self.dtype, self.ndim = opener, tuple(shape), np.dtype(dtype), len(shape)
+        self._data = None
+
+    def __getstate__(self):
+        return {"opener": self.opener, "shape": self.shape, "dtype": self.dtype}
+
+    def __setstate__(self, state):
+        self.__init__(state["opener"], state["shape"], state["dtype"])
+
+    def __getitem__(self, key):
+        if self._data is None:
+            from stemae.data.prepare import prepare
+
+            kw = dict(self.opener)
+            steps = kw.pop("prepare", None)
+            cube = read_datacube(**kw)
+            self._data = (prepare(cube, **steps) if steps is not None else cube).data
+        return self._data[key]
+
+
+def lazy(cube: Datacube):
+    """``cube.data`` as something a Dask worker can be sent: a
+    :class:`Reopened` view of its file, or the data itself when it was made
+    in memory (NumPy and Dask arrays pickle as they are)."""
+    if cube.opener is None:
+        return cube.data
+    return Reopened(cube.opener, cube.data.shape, cube.data.dtype)
 
 
 def _pattern_chunks(data) -> tuple[int, ...]:

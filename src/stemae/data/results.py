@@ -26,6 +26,8 @@ import numpy as np
 from stemae.errors import InputError
 
 RESULTS_KIND = "stemae-results"
+#: The kind of a run's scratch store while it maps (see :mod:`stemae.runner`).
+PARTIAL_KIND = "stemae-partial"
 
 
 @contextlib.contextmanager
@@ -153,13 +155,18 @@ def write_results(path, arrays: dict, attrs: dict | None = None) -> Path:
     return path
 
 
-def _is_results(path: Path) -> bool:
+def _kind(path: Path) -> str | None:
+    """The ``kind`` attribute of the zarr group at ``path`` (None if it is none)."""
     import zarr
 
     try:
-        return zarr.open_group(str(path), mode="r").attrs.get("kind") == RESULTS_KIND
+        return zarr.open_group(str(path), mode="r").attrs.get("kind")
     except Exception:
-        return False
+        return None
+
+
+def _is_results(path: Path) -> bool:
+    return _kind(path) == RESULTS_KIND
 
 
 def read_results(path) -> tuple[dict[str, np.ndarray], dict]:
@@ -169,6 +176,8 @@ def read_results(path) -> tuple[dict[str, np.ndarray], dict]:
 
     path = Path(path)
     if not _is_results(path):
+        if _kind(path) == PARTIAL_KIND:
+            raise InputError(f"{path}: an incomplete run, not results; run the same command again to resume it")
         raise InputError(f"{path}: not a stemae results store")
     root = zarr.open_group(str(path), mode="r")
     arrays = {k: v[...] for k, v in root.arrays()}

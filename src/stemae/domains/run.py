@@ -15,9 +15,10 @@ from stemae.domains import model as ae
 from stemae.domains.lockin import LOCK_IN_WIDTH, lock_in, relative_contrast
 from stemae.domains.segment import (REFERENCE_GUARD, assign_walls, boundary_mask, domain_statistics, drop_empty_types,
                                     refine_boundaries, segment, wall_pairs)
-from stemae.domains.windows import (check_windowing, choose_window, half_window_power, order_null, window_ffts,
-                                   window_stripes)
+from stemae.domains.windows import (check_windowing, choose_window, half_window_power, order_null, window_centres,
+                                   window_ffts, window_stripes)
 from stemae.errors import InputError
+from stemae.runner import run
 
 #: Windows drawn (evenly from the frames, seeded) to train on.
 N_TRAIN = 20000
@@ -44,6 +45,7 @@ def map_domains(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
+    client=None,
 ) -> tuple[dict[str, np.ndarray], dict, ae.DomainAE]:
     """Domain maps of a series of images.
 
@@ -61,6 +63,7 @@ def map_domains(
     n_clusters : number of domain types; ``None`` chooses it
     epochs, latent, l1, l1_start, l1_ramp : training, see :func:`stemae.domains.model.fit`
     seed, device, progress : determinism, torch device, progress bars
+    client : a ``dask.distributed.Client`` to map the frames on (one task per frame)
 
     Returns
     -------
@@ -105,35 +108,49 @@ def map_domains(
         model, record = ae.fit(np.concatenate(sample), latent=latent, epochs=epochs, n_train=N_TRAIN,
                                l1=l1, l1_start=l1_start, l1_ramp=l1_ramp, init=init, seed=seed, device=device,
                                progress=progress)
-    parts = [map_frame(model, frame, window, stride, crop, device)
-             for frame in tqdm(images, desc="domains map", unit="frame", disable=not progress, leave=False)]
-    maps = {k: np.stack([p[k] for p in parts]) for k in parts[0] if k != "centres"}
+    maps = run(FrameStep(model, images.shape[1:], window, stride, crop, device), images, rows=1,
+               client=client, progress=progress, desc="domains map")
+    centres = window_centres(images.shape[1:], window, stride)
     labels, info = segment(maps["order"], maps["orientation"], 1.0, n_clusters)
     if window - 2 * (window // 4) >= MIN_HALF_WINDOW:
         labels = refine_boundaries(labels, boundary_power(images, labels, window, stride, crop, seed),
                                    info["type_angles"])
-    labels = refine_walls(images, labels, maps["orientation"], maps["period"], parts[0]["centres"])
+    labels = refine_walls(images, labels, maps["orientation"], maps["period"], centres)
     labels, modes = drop_empty_types(labels, info["type_angles"])
     info.update(n_clusters=1 + len(modes), type_angles=[float(a) for a in modes])
     info["order_threshold"] = order_null(window, crop)[1]
     maps["segmentation"] = labels
-    maps["centres"] = parts[0]["centres"]
+    maps["centres"] = centres
     maps.update(domain_statistics(labels, maps["orientation"], maps["period"], maps["order"], info["n_clusters"]))
     info.update(window=int(window), stride=int(stride), crop=int(crop), periods=[float(p) for p in periods],
                 record=record)
     return maps, info, model
 
 
-def map_frame(model: ae.DomainAE, frame: np.ndarray, window: int, stride: int, crop: int, device="cpu"
-              ) -> dict[str, np.ndarray]:
-    """Everything one image's windows say, on the window grid ``(ny, nx)``:
-    the autoencoder's ``content``, ``stretch``, ``shear`` and ``error``; the
-    stripe ``order``, ``orientation`` and ``period``
-    (:func:`~stemae.domains.windows.window_stripes`); ``centres`` (ny, nx, 2)."""
-    spectra, centres = window_ffts(frame, window, stride, crop, device)
-    coded = ae.predict(model, spectra[0], window, device=device)
-    return {**{k: coded[k] for k in ("content", "stretch", "shear", "error")}, **window_stripes(spectra[0], window),
-            "centres": centres}
+class FrameStep:
+    """The domain model's per-batch step (see :mod:`stemae.runner`): images
+    ``(B, H, W)`` to everything their windows say, on the window grid
+    ``(ny, nx)``: the autoencoder's ``content`` (latent), ``stretch``,
+    ``shear`` and ``error``; the stripe ``order``, ``orientation`` (degrees)
+    and ``period`` (px) (:func:`~stemae.domains.windows.window_stripes`)."""
+
+    signal_ndim = 2
+
+    def __init__(self, model: ae.DomainAE, shape: tuple[int, int], window: int, stride: int, crop: int,
+                 device: str = "cpu"):
+        self.model, self.shape, self.window, self.stride, self.crop, self.device = (
+            model, tuple(shape), window, stride, crop, device)
+
+    def results(self) -> dict:
+        grid = window_centres(self.shape, self.window, self.stride).shape[:2]
+        return {"content": (grid + (self.model.latent,), "f4", "nav"),
+                **{k: (grid, "f4", "nav") for k in ("stretch", "shear", "error", "order", "orientation", "period")}}
+
+    def __call__(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+        spectra, _ = window_ffts(frames, self.window, self.stride, self.crop, self.device)
+        coded = ae.predict(self.model, spectra, self.window, device=self.device)
+        return {**{k: coded[k] for k in ("content", "stretch", "shear", "error")},
+                **window_stripes(spectra, self.window)}
 
 
 def boundary_power(images: np.ndarray, labels: np.ndarray, window: int, stride: int, crop: int, seed: int = 0,

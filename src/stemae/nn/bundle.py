@@ -63,6 +63,15 @@ def bundle_provenance(path) -> dict:
     return {"path": str(path.resolve()), "weights_sha256": meta["weights_sha256"]}
 
 
+def bundle_kind(path) -> str:
+    """The kind of the bundle at ``path`` (``"ccstae"``, ``"classical"``, ``"domains"``)."""
+    path = Path(path)
+    try:
+        return json.loads((path / CONFIG).read_text())["kind"]
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise InputError(f"{path}: not a stemae model bundle (needs a readable {CONFIG})") from None
+
+
 def load_bundle(path, kind: str | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """Read a bundle: ``(config, tensors)``.
 

@@ -254,7 +254,8 @@ def fit_disk_lattice(
     used, ``chi2`` (B,) Pearson chi-square, ``dof`` (B,) pixels used
     minus fitted parameters and ``disk_information`` (B, J + 1) each disk's
     share of the information on ``A`` (the trace of its term in the
-    ``A`` block, ``|g_j|^2`` times its position information; 0 for the
+    ``A`` block, ``|g_j|^2`` times its position information with the
+    fitted amplitude, which noise inflates for faint disks; 0 for the
     central beam), which says which reflections carry the strain.
     """
     B, H, W = images.shape
@@ -367,7 +368,7 @@ def fit_disk_lattice(
     chi2 = (w * res * res).sum((1, 2))
     n_lin = on.sum(1) * (2 if local_background else 1) + (0 if bg is None else 1)
     dof = w0.sum((1, 2)) - n_lin - 6
-    disk_information = (sxx + syy) * shrink * (gx * gx + gy * gy)
+    disk_information = (sxx + syy) * (gx * gx + gy * gy)
     return dict(origin=origin, A=A, information=info, amplitudes=a, offsets=b, background=s, on=on, chi2=chi2,
                 dof=dof, disk_information=disk_information)
 

@@ -43,7 +43,8 @@ from scipy.cluster.vq import kmeans2
 from torch import nn
 from tqdm.auto import tqdm
 
-from stemae.data.blocks import iter_row_blocks, read_patterns, rows_for_budget
+from stemae.data.blocks import read_patterns
+from stemae.errors import InputError
 from stemae.geometry import (
     deformation_from_reciprocal,
     polar_decomposition,
@@ -67,6 +68,8 @@ from stemae.nn.lattice import (
     window_offsets,
 )
 from stemae.nn.transforms import affine_matrix
+from stemae.runner import run
+from stemae.strain.diagnostics import DIAGNOSTICS, batch_statistics, finish_statistics, statistics_results
 from stemae.strain.disks import estimate_probe, find_disks
 from stemae.strain.lattice import (
     align_to_reference,
@@ -399,7 +402,8 @@ def _informative(information: np.ndarray, classes: np.ndarray, n_classes: int,
     chosen = np.zeros(information.shape[1], bool)
     for k in range(n_classes):
         total = np.nan_to_num(information[classes == k]).clip(0, None).sum(0)
-        if total.sum() <= 0:
+        if total.sum() <= 0:  # no pattern of this base: keep every reflection
+            chosen[:] = True
             continue
         order = np.argsort(-total)
         held = np.cumsum(total[order]) / total.sum()
@@ -739,13 +743,48 @@ def isolated_phases(phase: np.ndarray, min_votes: int = 5) -> tuple[np.ndarray, 
     return np.stack([r, c]), major[r, c]
 
 
-@torch.no_grad()
+class PredictStep:
+    """The CC-ST-AE's per-batch step (see :mod:`stemae.runner`): a trained
+    model maps patterns ``(B, Qy, Qx)`` to :data:`OUTPUTS` (one row per
+    pattern, :func:`_predict_batch` over sub-batches of ``batch_size``) and
+    the diagnostics' per-batch part
+    (:func:`~stemae.strain.diagnostics.batch_statistics`)."""
+
+    signal_ndim = 2
+
+    def __init__(self, model: CCSTAE, *, iterations: int = 4, batch_size: int = 256, device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.iterations, self.batch_size, self.device = iterations, batch_size, device
+        disk = model.disk()
+        r_tab = torch.arange(disk.shape[-1], dtype=torch.float64, device=disk.device) * DISK_DR
+        self.area = ((2 * math.pi * r_tab * disk.double()).sum(-1) * DISK_DR)[model.rows()].float()  # (J,) px
+
+    def results(self) -> dict:
+        shapes = dict(OUTPUTS, probabilities=(self.model.K,), disk_intensity=(self.model.hk.shape[0],))
+        dtypes = {"phase": "i8", "n_disks": "i8"}
+        return {**{k: (s, dtypes.get(k, "f8" if k == "cov" else "f4"), "nav") for k, s in shapes.items()},
+                **statistics_results(self.model.pattern_shape)}
+
+    def __call__(self, patterns: np.ndarray) -> dict[str, np.ndarray]:
+        if tuple(patterns.shape[1:]) != self.model.pattern_shape:
+            raise InputError(f"patterns are {patterns.shape[1]}x{patterns.shape[2]} but the model was trained on "
+                             f"{self.model.pattern_shape[0]}x{self.model.pattern_shape[1]}")
+        x = torch.as_tensor(np.asarray(patterns, np.float32), device=self.device)
+        parts = [_predict_batch(self.model, x[i : i + self.batch_size], self.iterations, self.area)
+                 for i in range(0, len(x), self.batch_size)]
+        out = {k: np.concatenate([p[k] for p in parts]) for k in OUTPUTS}
+        return {**out, **batch_statistics(patterns, out["origin"], self.model.radius)}
+
+
 def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, device: str = "cpu",
-            progress: bool = False) -> dict[str, np.ndarray]:
+            progress: bool = False, store=None, fingerprint: dict | None = None, client=None,
+            rows: int | None = None) -> dict[str, np.ndarray]:
     """Transforms, classes, lattices and their uncertainties for every pattern.
 
-    Per batch (:func:`_predict_batch`): the central beam, then a likelihood
-    fit (:func:`~stemae.nn.lattice.fit_disk_lattice`, windows gathered again
+    Per batch (:class:`PredictStep`, mapped by :func:`stemae.runner.run`,
+    in process or on a Dask ``client``, resumable with a ``store``): the
+    central beam, then a likelihood fit
+    (:func:`~stemae.nn.lattice.fit_disk_lattice`, windows gathered again
     in the first steps, so a start a few pixels off converges) from the
     base that fits best, or for a sample of many orientations from the
     base turned by the orientation search. Then, over the whole map: with
@@ -764,42 +803,33 @@ def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, 
     chi-square per degree of freedom (about 1 where the model fits),
     ``n_disks`` (Ry, Rx) Bragg disks fitted, ``disk_intensity`` (Ry, Rx, J)
     each reflection's integrated counts (``model.hk`` order; NaN where its
-    disk is off the detector) and ``background`` (Ry, Rx) the diffuse
-    background's scale (counts per pixel where its shape is 1).
+    disk is off the detector), ``background`` (Ry, Rx) the diffuse
+    background's scale (counts per pixel where its shape is 1), and the
+    diagnostics ``virtual_bf``, ``virtual_df`` (Ry, Rx), ``mean_pattern``
+    and ``max_pattern`` (Qy, Qx).
     """
-    model = model.to(device).eval()
     Ry, Rx, Qy, Qx = data.shape
     if (Qy, Qx) != model.pattern_shape:
-        raise ValueError(f"patterns are {Qy}x{Qx} but the model was trained on "
+        raise InputError(f"patterns are {Qy}x{Qx} but the model was trained on "
                          f"{model.pattern_shape[0]}x{model.pattern_shape[1]}")
-    disk = model.disk()
-    r_tab = torch.arange(disk.shape[-1], dtype=torch.float64, device=disk.device) * DISK_DR
-    area = ((2 * math.pi * r_tab * disk.double()).sum(-1) * DISK_DR)[model.rows()].float()  # (J,) px
-    out = {k: [] for k in OUTPUTS}
-    bar = tqdm(total=Ry * Rx, unit="pattern", desc="ccstae predict", disable=not progress, leave=False)
-    rows = rows_for_budget(data.shape, 32 * 2**20)
-    for _, block in iter_row_blocks(data, rows):
-        flat = torch.as_tensor(block.reshape(-1, Qy, Qx), device=device)
-        for start in range(0, len(flat), batch_size):
-            for key, v in _predict_batch(model, flat[start : start + batch_size], iterations, area).items():
-                out[key].append(v)
-            bar.update(len(flat[start : start + batch_size]))
-    bar.close()
-    shapes = dict(OUTPUTS, probabilities=(model.K,), disk_intensity=(model.hk.shape[0],))
-    pred = {k: np.concatenate(v).reshape((Ry, Rx) + shapes[k]) for k, v in out.items()}
+    step = PredictStep(model, iterations=iterations, batch_size=batch_size, device=device)
+    pred = finish_statistics(run(step, data, store=store, fingerprint=fingerprint, client=client, rows=rows,
+                                 progress=progress, desc="ccstae predict"))
     tried = np.zeros((Ry, Rx), bool)
-    for _ in range(PHASE_ROUNDS if model.K > 1 else 0):
-        (r, c), major = isolated_phases(pred["phase"])
-        fresh = ~tried[r, c]
-        r, c, major = r[fresh], c[fresh], major[fresh]
-        tried[r, c] = True
-        for i in range(0, len(r), batch_size):
-            sl = slice(i, i + batch_size)
-            x = torch.as_tensor(read_patterns(data, r[sl], c[sl]), device=device)
-            again = _predict_batch(model, x, iterations, area, base=torch.as_tensor(major[sl], device=device))
-            keep = again["phase"] == major[sl]
-            for key, v in again.items():
-                pred[key][r[sl][keep], c[sl][keep]] = v[keep]
+    with torch.no_grad():
+        for _ in range(PHASE_ROUNDS if model.K > 1 else 0):
+            (r, c), major = isolated_phases(pred["phase"])
+            fresh = ~tried[r, c]
+            r, c, major = r[fresh], c[fresh], major[fresh]
+            tried[r, c] = True
+            for i in range(0, len(r), batch_size):
+                sl = slice(i, i + batch_size)
+                x = torch.as_tensor(read_patterns(data, r[sl], c[sl]), device=device)
+                again = _predict_batch(step.model, x, iterations, step.area,
+                                       base=torch.as_tensor(major[sl], device=device))
+                keep = again["phase"] == major[sl]
+                for key, v in again.items():
+                    pred[key][r[sl][keep], c[sl][keep]] = v[keep]
     return pred
 
 
@@ -891,5 +921,5 @@ def map_strain(pred: dict, reference=None, max_chi2: float | None = None, refere
                phase=pred["phase"], probabilities=pred["probabilities"].astype(np.float32),
                chi2=pred["chi2"].astype(np.float32), n_disks=pred["n_disks"].astype(np.int16),
                disk_intensity=pred["disk_intensity"].astype(np.float32),
-               background=pred["background"].astype(np.float32))
+               background=pred["background"].astype(np.float32), **{k: pred[k] for k in DIAGNOSTICS if k in pred})
     return out

@@ -10,15 +10,17 @@ returns the whole-pattern centre of mass.
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from stemae.data.blocks import iter_row_blocks, read_patterns, rows_for_budget
+from stemae.data.blocks import read_patterns
 from stemae.geometry import reference_mask, rotation_matrix, strain_maps
+from stemae.runner import run
+from stemae.strain.diagnostics import DIAGNOSTICS, batch_statistics, finish_statistics, statistics_results
 from stemae.strain.disks import center_of_mass, estimate_probe, find_disks
 from stemae.strain.lattice import align_to_reference, fit_lattice, orientation_search, relabel_covariance
 from stemae.strain.pooled import pooled_basis
 
 METHODS = ("xcorr", "com")
+KIND = "classical"
 
 
 def _sample_patterns(data, n: int = 64) -> np.ndarray:
@@ -31,90 +33,70 @@ def _sample_patterns(data, n: int = 64) -> np.ndarray:
     return read_patterns(data, rr.ravel(), cc.ravel())
 
 
-def detect_disks(
-    data,
-    *,
-    method: str = "xcorr",
-    radius: float | None = None,
-    progress: bool = False,
-    **find_kwargs,
-) -> dict[str, np.ndarray]:
-    """Detect Bragg disks in every pattern of a datacube, streaming by scan rows.
+def fit_state(data, *, method: str = "xcorr", reference=None, radius: float | None = None,
+              max_rms: float | None = None, tolerance: float | None = None, **find_kwargs) -> dict:
+    """What the per-batch step of a classical method needs, from a small pass
+    over the data: the probe (centre and radius, from patterns spread over
+    the scan) and the basis to index against, chosen on the reference
+    region's patterns summed on their central beams
+    (:func:`stemae.strain.pooled.pooled_basis`, which shows the lattice at
+    doses where single patterns do not; a warning says when it does not
+    explain that sum).
 
     Parameters
     ----------
-    data : array-like, shape (Ry, Rx, Qy, Qx)
-        NumPy, Dask, h5py or zarr array.
-    method : {"xcorr", "com"}
-    radius : float, optional
-        Disk radius in pixels; estimated from the central beam by default.
-    progress : bool
-        Show a progress bar.
-    **find_kwargs
-        Passed to :func:`stemae.strain.disks.find_disks`.
+    data : array-like (Ry, Rx, Qy, Qx)
+    method : ``"xcorr"`` or ``"com"``
+    reference : None, bool mask (Ry, Rx) or ((r0, r1), (c0, c1))
+    radius : disk radius in pixels; estimated by default
+    max_rms : largest weighted RMS residual (px) of a valid fit; default a
+        quarter of the disk radius
+    tolerance : indexing tolerance (px); default 15 % of the shorter basis
+        vector, then half that
+    **find_kwargs : passed to :func:`stemae.strain.disks.find_disks`
 
     Returns
     -------
-    dict with ``positions`` (Ry, Rx, N, 2), ``intensity`` (Ry, Rx, N),
-    ``central`` (Ry, Rx), ``radius`` (float, px), ``center`` (2,) and, for
-    ``com``, the whole-pattern centre of mass ``com`` (Ry, Rx, 2).
+    dict with ``method``, ``radius`` (px), ``center`` (2,) ``(x, y)`` px,
+    ``basis`` (2, 2) columns g1, g2 in px, ``max_rms``, ``tolerance``,
+    ``find`` (the keyword arguments) and ``indexing`` (the
+    :func:`~stemae.strain.pooled.lattice_check` of the reference sum)
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    Ry, Rx, Qy, Qx = data.shape
-    center, est_radius = estimate_probe(_sample_patterns(data))
-    radius = est_radius if radius is None else float(radius)
-    rows = rows_for_budget(data.shape, 32 * 2**20)
-    out = {"positions": [], "intensity": [], "central": [], "com": []}
-    bar = tqdm(total=Ry * Rx, unit="pattern", desc=f"disks ({method})", disable=not progress, leave=False)
-    for _, block in iter_row_blocks(data, rows):
-        flat = block.reshape(-1, Qy, Qx)
-        d = find_disks(flat, radius, center, refine=method, **find_kwargs)
-        for k in ("positions", "intensity", "central"):
-            out[k].append(d[k])
-        if method == "com":
-            out["com"].append(center_of_mass(flat))
-        bar.update(len(flat))
-    bar.close()
-    N = max(p.shape[1] for p in out["positions"])
-    pad = lambda a, fill: np.pad(a, [(0, 0), (0, N - a.shape[1])] + [(0, 0)] * (a.ndim - 2), constant_values=fill)
-    res = {
-        "positions": np.concatenate([pad(p, np.nan) for p in out["positions"]]).reshape(Ry, Rx, N, 2),
-        "intensity": np.concatenate([pad(p, 0.0) for p in out["intensity"]]).reshape(Ry, Rx, N),
-        "central": np.concatenate(out["central"]).reshape(Ry, Rx),
-        "radius": radius,
-        "center": center,
-    }
-    if method == "com":
-        res["com"] = np.concatenate(out["com"]).reshape(Ry, Rx, 2)
-    return res
+    mask = reference_mask(data.shape[:2], reference)
+    basis, check, _, _ = pooled_basis(data, mask, radius=radius)
+    center, _ = estimate_probe(_sample_patterns(data))
+    return {"method": method, "radius": float(check["radius"]), "center": np.asarray(center, np.float64),
+            "basis": np.asarray(basis, np.float64), "max_rms": None if max_rms is None else float(max_rms),
+            "tolerance": None if tolerance is None else float(tolerance), "find": dict(find_kwargs),
+            "indexing": check}
 
 
-def fit_lattices(disks: dict, G_ref: np.ndarray, tolerance: float | None = None) -> dict:
-    """Fit every pattern's lattice, indexed against a basis.
+def fit_lattices(positions: np.ndarray, intensity: np.ndarray, central: np.ndarray, G_ref: np.ndarray,
+                 tolerance: float | None = None) -> dict:
+    """Fit every pattern's lattice to its detected disks, indexed against a basis.
 
     Patterns the basis does not index (other grains) get the rotation of
     ``G_ref`` that indexes most of their disks (:func:`orientation_search`).
 
     Parameters
     ----------
-    disks : dict from :func:`detect_disks`
+    positions : (B, N, 2) disk positions ``(x, y)`` px (NaN for none),
+        ``intensity`` (B, N) and ``central`` (B,) the central beam's index,
+        as :func:`~stemae.strain.disks.find_disks` gives them
     G_ref : ndarray (2, 2)
-        Basis to index against (columns g1, g2, pixels), e.g. from
-        :func:`stemae.strain.pooled.pooled_basis`.
+        Basis to index against (columns g1, g2, pixels).
     tolerance : float, optional
         Indexing tolerance in pixels; default 15 % of the shorter basis
         vector for the first pass, then half that.
 
     Returns
     -------
-    dict with ``G`` (Ry, Rx, 2, 2), ``cov`` (Ry, Rx, 4, 4) its covariance,
-    ``origin`` (Ry, Rx, 2), ``valid``, ``n_disks``, ``rms`` (Ry, Rx) and
-    ``basis`` (2, 2), the basis indexed against.
+    dict with ``G`` (B, 2, 2), ``cov`` (B, 4, 4) its covariance, ``origin``
+    (B, 2), ``valid``, ``n_disks`` and ``rms`` (B,)
     """
-    pos, inten, central = disks["positions"], disks["intensity"], disks["central"]
-    Ry, Rx, N, _ = pos.shape
-    P, W, C = pos.reshape(-1, N, 2), inten.reshape(-1, N), central.reshape(-1)
+    P, W, C = positions, intensity, central
     gmin = np.linalg.norm(G_ref, axis=0).min()
     tol = 0.15 * gmin if tolerance is None else tolerance
 
@@ -134,15 +116,60 @@ def fit_lattices(disks: dict, G_ref: np.ndarray, tolerance: float | None = None)
     ok = fit["ok"]
     G[ok] = align_to_reference(fit["G"][ok], G_ref)
     cov[ok] = relabel_covariance(fit["cov"][ok], fit["G"][ok], G[ok])
-    return {
-        "G": G.reshape(Ry, Rx, 2, 2),
-        "cov": cov.reshape(Ry, Rx, 4, 4),
-        "origin": fit["origin"].reshape(Ry, Rx, 2),
-        "valid": ok.reshape(Ry, Rx),
-        "n_disks": fit["n"].reshape(Ry, Rx),
-        "rms": fit["rms"].reshape(Ry, Rx),
-        "basis": G_ref,
-    }
+    return {"G": G, "cov": cov, "origin": fit["origin"], "valid": ok, "n_disks": fit["n"], "rms": fit["rms"]}
+
+
+class ClassicalStep:
+    """The classical methods' per-batch step (see :mod:`stemae.runner`):
+    with a state from :func:`fit_state`, patterns ``(B, Qy, Qx)`` to their
+    disks (:func:`~stemae.strain.disks.find_disks`), lattice fits
+    (:func:`fit_lattices`), the whole-pattern centre of mass (``com``) and
+    the diagnostics' per-batch part."""
+
+    signal_ndim = 2
+
+    def __init__(self, state: dict, pattern_shape: tuple[int, int]):
+        self.state, self.pattern_shape = state, tuple(int(v) for v in pattern_shape)
+
+    def results(self) -> dict:
+        out = {"G": ((2, 2), "f8", "nav"), "cov": ((4, 4), "f8", "nav"), "origin": ((2,), "f8", "nav"),
+               "valid": ((), "|b1", "nav"), "n_disks": ((), "i8", "nav"), "rms": ((), "f8", "nav")}
+        if self.state["method"] == "com":
+            out["com"] = ((2,), "f4", "nav")
+        return {**out, **statistics_results(self.pattern_shape)}
+
+    def __call__(self, patterns: np.ndarray) -> dict[str, np.ndarray]:
+        st = self.state
+        d = find_disks(patterns, st["radius"], st["center"], refine=st["method"], **st["find"])
+        fit = fit_lattices(d["positions"], d["intensity"], d["central"], st["basis"], st["tolerance"])
+        limit = 0.25 * st["radius"] if st["max_rms"] is None else st["max_rms"]
+        fit["valid"] = fit["valid"] & (fit["rms"] <= limit)
+        if st["method"] == "com":
+            fit["com"] = center_of_mass(patterns)
+        return {**fit, **batch_statistics(patterns, fit["origin"], st["radius"])}
+
+
+def save_state(state: dict, path, pattern_shape: tuple[int, int]):
+    """Save a classical state as a bundle folder (kind ``"classical"``), so
+    the classical methods run per batch anywhere a bundle goes."""
+    import torch
+
+    from stemae.nn.bundle import save_bundle
+
+    config = {k: state[k] for k in ("method", "radius", "max_rms", "tolerance", "find", "indexing")}
+    config["pattern_shape"] = [int(v) for v in pattern_shape]
+    return save_bundle(path, KIND, config, {"basis": torch.as_tensor(state["basis"]),
+                                            "center": torch.as_tensor(state["center"])})
+
+
+def load_state(path) -> tuple[dict, tuple[int, int]]:
+    """A classical state and its pattern shape from a bundle (:func:`save_state`)."""
+    from stemae.nn.bundle import load_bundle
+
+    config, tensors = load_bundle(path, KIND)
+    state = {**{k: v for k, v in config.items() if k != "pattern_shape"},
+             "basis": tensors["basis"].double().numpy(), "center": tensors["center"].double().numpy()}
+    return state, tuple(config["pattern_shape"])
 
 
 def map_strain(
@@ -154,6 +181,11 @@ def map_strain(
     max_rms: float | None = None,
     frame: np.ndarray | None = None,
     progress: bool = False,
+    state: dict | None = None,
+    store=None,
+    fingerprint: dict | None = None,
+    client=None,
+    rows: int | None = None,
     **find_kwargs,
 ) -> dict:
     """Strain maps of a datacube by classical Bragg-disk methods.
@@ -166,22 +198,15 @@ def map_strain(
         intensity centroid.
     reference : None, bool mask (Ry, Rx) or ((r0, r1), (c0, c1))
         Unstrained reference region (robust mean lattice); whole scan by default.
-    radius : float, optional
-        Disk radius in pixels; estimated by default.
-    max_rms : float, optional
-        Fits with a weighted RMS residual above this (pixels) are marked
-        invalid; default a quarter of the disk radius.
+    radius, max_rms, **find_kwargs : see :func:`fit_state`
     frame : ndarray (2, 2), optional
         Axes of the strain maps (:func:`~stemae.geometry.frame_matrix`);
         detector axes by default.
     progress : bool
-    **find_kwargs
-        Passed to :func:`stemae.strain.disks.find_disks`.
-
-    The basis is chosen on the reference region's patterns summed on their
-    central beams (:func:`stemae.strain.pooled.pooled_basis`), which shows
-    the lattice at doses where single patterns do not; a warning says when
-    it does not explain that sum.
+    state : a state from :func:`fit_state` (or :func:`load_state`); fitted
+        on ``data`` by default
+    store, fingerprint, client, rows : where and how the per-batch step runs
+        (:func:`stemae.runner.run`)
 
     Returns
     -------
@@ -190,16 +215,18 @@ def map_strain(
     ``sigma_theta`` (from each lattice fit's residuals and the reference's
     own scatter), ``valid`` (bool), ``g1``, ``g2`` (Ry, Rx, 2) and
     ``origin`` (Ry, Rx, 2) in detector pixels ``(x, y)``, ``n_disks``,
-    ``rms`` (pixels), ``com`` (for ``method="com"``), and the metadata
-    ``g_ref`` (2, 2), ``radius`` (px), ``method`` and ``indexing`` (the
-    :func:`~stemae.strain.pooled.lattice_check` of the reference sum).
+    ``rms`` (pixels), ``com`` (for ``method="com"``), the diagnostics
+    (``virtual_bf``, ``virtual_df``, ``mean_pattern``, ``max_pattern``),
+    the metadata ``g_ref`` (2, 2), ``radius`` (px), ``method`` and
+    ``indexing`` (the :func:`~stemae.strain.pooled.lattice_check` of the
+    reference sum), and ``state``.
     """
     mask = reference_mask(data.shape[:2], reference)
-    G_pool, check, _, _ = pooled_basis(data, mask, radius=radius)
-    disks = detect_disks(data, method=method, radius=check["radius"], progress=progress, **find_kwargs)
-    fit = fit_lattices(disks, G_pool)
-    limit = 0.25 * disks["radius"] if max_rms is None else max_rms
-    valid = fit["valid"] & (fit["rms"] <= limit)
+    if state is None:
+        state = fit_state(data, method=method, reference=mask, radius=radius, max_rms=max_rms, **find_kwargs)
+    fit = finish_statistics(run(ClassicalStep(state, data.shape[2:]), data, store=store, fingerprint=fingerprint,
+                                client=client, rows=rows, progress=progress, desc=f"strain ({state['method']})"))
+    valid = fit["valid"].astype(bool)
     maps, G_ref = strain_maps(fit["G"], mask, valid, cov=fit["cov"], frame=frame)
     out = dict(maps)
     out.update(
@@ -211,10 +238,12 @@ def map_strain(
         n_disks=fit["n_disks"].astype(np.int16),
         rms=fit["rms"].astype(np.float32),
         g_ref=G_ref,
-        radius=disks["radius"],
-        method=method,
-        indexing=check,
+        radius=state["radius"],
+        method=state["method"],
+        indexing=state["indexing"],
+        state=state,
+        **{k: fit[k] for k in DIAGNOSTICS},
     )
-    if "com" in disks:
-        out["com"] = disks["com"].astype(np.float32)
+    if "com" in fit:
+        out["com"] = fit["com"].astype(np.float32)
     return out

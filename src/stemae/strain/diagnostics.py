@@ -5,50 +5,58 @@ of the fitted lattices."""
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
-
-from stemae.data.blocks import iter_row_blocks, rows_for_budget
 
 #: The virtual dark field collects the pixels beyond this many disk radii
 #: from each pattern's central beam.
 DARK_FIELD_INNER = 1.5
+#: The diagnostics every strain run's results hold.
+DIAGNOSTICS = ("virtual_bf", "virtual_df", "mean_pattern", "max_pattern")
 
 
-def pattern_statistics(data, origin: np.ndarray, radius: float, progress: bool = False) -> dict[str, np.ndarray]:
-    """One pass over a datacube.
+def batch_statistics(patterns: np.ndarray, origin: np.ndarray, radius: float) -> dict[str, np.ndarray]:
+    """Per-batch part of the diagnostics (results of every strain step).
 
     Parameters
     ----------
-    data : (Ry, Rx, Qy, Qx) array-like (streamed in blocks of scan rows)
-    origin : (Ry, Rx, 2) central-beam position ``(x, y)`` of every pattern,
-        detector px (NaN where unknown: the scan's median is used)
+    patterns : (B, Qy, Qx) counts
+    origin : (B, 2) central-beam position ``(x, y)`` of every pattern,
+        detector px (NaN where unknown: the batch's median, or the detector
+        centre, is used)
     radius : central disk radius, px
 
     Returns
     -------
-    dict: ``virtual_bf`` (Ry, Rx) counts within ``radius`` of each
-    pattern's own central beam (descan followed); ``virtual_df`` (Ry, Rx)
-    counts beyond :data:`DARK_FIELD_INNER` radii of it; ``mean_pattern`` and
-    ``max_pattern`` (Qy, Qx)
+    dict: ``virtual_bf`` (B,) counts within ``radius`` of each pattern's own
+    central beam (descan followed); ``virtual_df`` (B,) counts beyond
+    :data:`DARK_FIELD_INNER` radii of it; ``pattern_sum`` and
+    ``pattern_max`` (Qy, Qx) over the batch (merged over the scan by sum
+    and maximum)
     """
-    Ry, Rx, Qy, Qx = data.shape
+    B, Qy, Qx = patterns.shape
     origin = np.asarray(origin, np.float64)
-    fallback = np.nanmedian(origin.reshape(-1, 2), 0) if np.isfinite(origin).any() else np.array([Qx, Qy]) / 2
-    origin = np.where(np.isfinite(origin), origin, fallback)
+    fallback = np.nanmedian(origin, 0) if np.isfinite(origin).any() else np.array([Qx, Qy]) / 2
+    o = np.where(np.isfinite(origin), origin, fallback).astype(np.float32)
     yy, xx = np.mgrid[0:Qy, 0:Qx].astype(np.float32)
-    bf, df = np.zeros((Ry, Rx)), np.zeros((Ry, Rx))
-    total, peak = np.zeros((Qy, Qx)), np.full((Qy, Qx), -np.inf)
-    rows = rows_for_budget(data.shape, 32 * 2**20)
-    for r0, block in tqdm(iter_row_blocks(data, rows), total=-(-Ry // rows), desc="virtual images",
-                          disable=not progress, leave=False):
-        o = origin[r0:r0 + len(block)].astype(np.float32)
-        r2 = (xx - o[..., 0, None, None]) ** 2 + (yy - o[..., 1, None, None]) ** 2
-        bf[r0:r0 + len(block)] = (block * (r2 <= radius**2)).sum((2, 3))
-        df[r0:r0 + len(block)] = (block * (r2 >= (DARK_FIELD_INNER * radius) ** 2)).sum((2, 3))
-        total += block.sum((0, 1))
-        peak = np.maximum(peak, block.max((0, 1)))
-    return {"virtual_bf": bf.astype(np.float32), "virtual_df": df.astype(np.float32),
-            "mean_pattern": (total / (Ry * Rx)).astype(np.float32), "max_pattern": peak.astype(np.float32)}
+    r2 = (xx - o[:, 0, None, None]) ** 2 + (yy - o[:, 1, None, None]) ** 2
+    return {"virtual_bf": (patterns * (r2 <= radius**2)).sum((1, 2)).astype(np.float32),
+            "virtual_df": (patterns * (r2 >= (DARK_FIELD_INNER * radius) ** 2)).sum((1, 2)).astype(np.float32),
+            "pattern_sum": patterns.sum(0, dtype=np.float64), "pattern_max": patterns.max(0)}
+
+
+def statistics_results(pattern_shape: tuple[int, int]) -> dict:
+    """What :func:`batch_statistics` gives, as a step declares it (see :mod:`stemae.runner`)."""
+    return {"virtual_bf": ((), "f4", "nav"), "virtual_df": ((), "f4", "nav"),
+            "pattern_sum": (tuple(pattern_shape), "f8", "sum"), "pattern_max": (tuple(pattern_shape), "f4", "max")}
+
+
+def finish_statistics(res: dict) -> dict:
+    """``res`` (a run's results) with its merged ``pattern_sum`` and
+    ``pattern_max`` turned into the mean and maximum pattern
+    (``mean_pattern``, ``max_pattern`` float32 (Qy, Qx))."""
+    out = {k: v for k, v in res.items() if k not in ("pattern_sum", "pattern_max")}
+    out["mean_pattern"] = (res["pattern_sum"] / res["virtual_bf"].size).astype(np.float32)
+    out["max_pattern"] = res["pattern_max"].astype(np.float32)
+    return out
 
 
 def bragg_vector_map(G: np.ndarray, valid: np.ndarray, pattern_shape: tuple[int, int], order: int = 2

@@ -6,14 +6,17 @@ from pathlib import Path
 
 import numpy as np
 
+from stemae import __version__
 from stemae.data import Datacube, write_results
+from stemae.data.readers import lazy
 from stemae.errors import InputError
+from stemae.geometry import CONVENTIONS, frame_matrix, reference_mask
+from stemae.nn.bundle import CONFIG, bundle_provenance, load_bundle
 from stemae.nn.device import resolve_device
-from stemae.geometry import CONVENTIONS, frame_matrix
-from stemae.nn.bundle import bundle_provenance
+from stemae.runner import partial_status, remove_partial
 from stemae.strain import ccstae
-from stemae.strain.classical import map_strain
-from stemae.strain.diagnostics import bragg_vector_map, pattern_statistics
+from stemae.strain.classical import fit_state, map_strain, save_state
+from stemae.strain.diagnostics import bragg_vector_map
 from stemae.data.blocks import read_patterns
 from stemae.strain.pooled import aligned_sum
 from stemae.viz import (
@@ -28,6 +31,8 @@ from stemae.viz import (
 )
 
 METHODS = ("ccstae", "xcorr", "com")
+#: The partial store of a run in progress (see :mod:`stemae.runner`), in its output folder.
+PARTIAL = ".strain.partial.zarr"
 #: Every figure a strain run may write; those a run does not write are
 #: removed from its folder, so no figure of an earlier run stays beside
 #: new results.
@@ -84,14 +89,32 @@ def train_model(datacube: Datacube, *, classes: int = 1, epochs: int = 3, refine
                       device=resolve_device(device), progress=progress)
 
 
+def _mapping(datacube: Datacube, out_dir, bundle: dict | None, client, rows: int | None) -> dict:
+    """How the per-batch step runs (:func:`stemae.runner.run`): on the
+    ``client``'s workers (which open the file themselves) or in process, in
+    blocks of ``rows`` scan rows, resumable from ``out_dir``'s partial store
+    when the step's state is a saved ``bundle`` (its provenance identifies
+    the run)."""
+    out = {"data": lazy(datacube) if client is not None else datacube.data, "client": client, "rows": rows}
+    if bundle is not None:
+        out.update(store=Path(out_dir) / PARTIAL,
+                   fingerprint={"input": datacube.source, "shape": list(datacube.data.shape),
+                                "bundle": bundle["weights_sha256"], "stemae_version": __version__})
+    return out
+
+
 def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, reference_phase: int | None = None,
                    per_phase: bool = False, frame: dict | None = None, device: str = "cpu", progress: bool = False,
-                   record: dict | None = None, bundle: dict | None = None) -> dict:
+                   record: dict | None = None, bundle: dict | None = None, client=None, rows: int | None = None
+                   ) -> dict:
     """Map strain and phase with a trained CC-ST-AE and write the results
     (``bundle``: :func:`~stemae.nn.bundle.bundle_provenance` of the model's
-    bundle, recorded in the store)."""
+    bundle, recorded in the store; with it the mapping resumes from the
+    blocks an interrupted run kept; ``client``: a ``dask.distributed.Client``
+    to map on; ``rows``: scan rows per block)."""
     _check_phase(reference_phase, model.K, per_phase)
-    pred = ccstae.predict(model, datacube.data, device=resolve_device(device), progress=progress)
+    how = _mapping(datacube, out_dir, bundle, client, rows)
+    pred = ccstae.predict(model, how.pop("data"), device=resolve_device(device), progress=progress, **how)
     res = ccstae.map_strain(pred, reference, reference_phase=reference_phase, frame=_frame(frame, datacube.calibration),
                             per_phase=per_phase)
     res["bases"] = model.G.detach().cpu().numpy()
@@ -114,14 +137,51 @@ def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, refere
     if record is not None and record["loss"]:
         written.append(plot_loss(record["loss"], out_dir / "loss.png"))
     clear_stale_figures(out_dir, written)
+    remove_partial(out_dir / PARTIAL)
     return res
+
+
+def predict_classical(state: dict, datacube: Datacube, out_dir, *, reference=None, frame: dict | None = None,
+                      progress: bool = False, bundle: dict | None = None, client=None, rows: int | None = None
+                      ) -> dict:
+    """Map strain with a classical state (:func:`~stemae.strain.classical.fit_state`)
+    and write the results (``bundle``, ``client``, ``rows``: as :func:`predict_strain`)."""
+    how = _mapping(datacube, out_dir, bundle, client, rows)
+    res = map_strain(how.pop("data"), reference=reference, frame=_frame(frame, datacube.calibration), state=state,
+                     progress=progress, **how)
+    clear_stale_figures(out_dir, write_strain_results(
+        datacube, out_dir, res, extra_attrs={"strain_frame": _frame_attrs(frame),
+                                             **({"bundle": bundle} if bundle else {})}))
+    remove_partial(Path(out_dir) / PARTIAL)
+    return res
+
+
+def _resumable_model(out_dir: Path, datacube: Datacube, settings: dict):
+    """The bundle an interrupted run in ``out_dir`` was mapping this data
+    with (its path and training record), if its partial store is still
+    there and the bundle was trained with these ``settings`` (keys of the
+    training record); else None."""
+    path = out_dir / "model"
+    if partial_status(out_dir / PARTIAL) is None or not (path / CONFIG).is_file():
+        return None
+    import zarr
+
+    seen = zarr.open_group(str(out_dir / PARTIAL), mode="r").attrs.get("fingerprint", {})
+    record = load_bundle(path, ccstae.KIND)[0]["training"]
+    same = (seen.get("input") == datacube.source and seen.get("shape") == list(datacube.data.shape)
+            and seen.get("bundle") == bundle_provenance(path)["weights_sha256"]
+            and all(record.get(k) == v for k, v in settings.items()))
+    return (path, record) if same else None
 
 
 def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference=None,
                reference_phase: int | None = None, per_phase: bool = False, frame: dict | None = None,
                classes: int = 1, epochs: int = 3, refine: str = "voigt", seed: int = 0, device: str = "cpu",
-               progress: bool = False) -> dict:
-    """Map strain (and phase, for ``ccstae``); write ``out_dir/strain.zarr`` and figures.
+               progress: bool = False, client=None, rows: int | None = None) -> dict:
+    """Map strain (and phase, for ``ccstae``); write ``out_dir/strain.zarr``,
+    figures and the method's bundle ``out_dir/model`` (the trained CC-ST-AE,
+    or the classical methods' fitted state), which ``stemae predict`` maps
+    other scans with.
 
     Parameters
     ----------
@@ -142,6 +202,13 @@ def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference
     classes, epochs, refine, seed, device : CC-ST-AE settings (``refine``: the
         disk profiles, ``"voigt"`` or ``"template"``)
     progress : bool
+    client : a ``dask.distributed.Client`` to map on (training stays in process)
+    rows : scan rows per block (default about 32 MB of patterns)
+
+    A run that was interrupted (its partial store ``out_dir/.strain.partial.zarr``
+    kept) continues where it stopped when started again on the same data:
+    the CC-ST-AE is not trained again, the blocks already mapped are not
+    mapped again, and the results equal an uninterrupted run's.
 
     Returns
     -------
@@ -151,19 +218,26 @@ def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference
         raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if method != "ccstae" and (reference_phase is not None or per_phase):
         raise InputError(f"a reference by phase needs the phases ccstae learns; {method} has none (give --reference)")
+    out_dir = Path(out_dir)
+    reference_mask(datacube.scan_shape, reference)  # a region outside the scan is refused before any work
     if method == "ccstae":
         _check_phase(reference_phase, classes, per_phase)
-        model, record = train_model(datacube, classes=classes, epochs=epochs, refine=refine, seed=seed,
-                                    device=device, progress=progress)
-        path = ccstae.save(model, Path(out_dir) / "model", record)
+        kept = _resumable_model(out_dir, datacube, {"n_classes": classes, "epochs": epochs, "profile": refine,
+                                                     "seed": seed})
+        if kept is not None:
+            path, record = kept
+            model = ccstae.load(path, profile=refine)
+        else:
+            model, record = train_model(datacube, classes=classes, epochs=epochs, refine=refine, seed=seed,
+                                        device=device, progress=progress)
+            path = ccstae.save(model, out_dir / "model", record)
         return predict_strain(model, datacube, out_dir, reference=reference, reference_phase=reference_phase,
                               per_phase=per_phase, frame=frame, device=device, progress=progress, record=record,
-                              bundle=bundle_provenance(path))
-    res = map_strain(datacube.data, method=method, reference=reference, frame=_frame(frame, datacube.calibration),
-                     progress=progress)
-    clear_stale_figures(out_dir, write_strain_results(datacube, out_dir, res,
-                                                      extra_attrs={"strain_frame": _frame_attrs(frame)}))
-    return res
+                              bundle=bundle_provenance(path), client=client, rows=rows)
+    state = fit_state(datacube.data, method=method, reference=reference)
+    path = save_state(state, out_dir / "model", datacube.pattern_shape)
+    return predict_classical(state, datacube, out_dir, reference=reference, frame=frame, progress=progress,
+                             bundle=bundle_provenance(path), client=client, rows=rows)
 
 
 def phase_names(bases: np.ndarray, calibration) -> list[str]:
@@ -217,8 +291,7 @@ def write_strain_results(datacube: Datacube, out_dir, res: dict, extra_attrs: di
     out_dir = Path(out_dir)
     mask = res["reference"]
     G = np.stack([res["g1"], res["g2"]], -1)
-    res = {**res, **pattern_statistics(datacube.data, res["origin"], res["radius"]),
-           "bragg_vector_map": bragg_vector_map(G, res["valid"], datacube.pattern_shape)}
+    res = {**res, "bragg_vector_map": bragg_vector_map(G, res["valid"], datacube.pattern_shape)}
     cal = datacube.calibration
     lattice = cal.lattice(res["g_ref"])
     if lattice:

@@ -1,0 +1,260 @@
+"""One runner for every method's per-batch step: in process or on Dask, out
+of core, resumable.
+
+A *step* is the per-batch work of a method with its small saved state (a
+trained bundle, a fitted classical state), in the manner of a LiberTEM UDF:
+it declares its results up front and maps a batch of items (patterns
+``(B, Qy, Qx)`` or images ``(B, H, W)``) to them, knowing nothing of the
+rest of the scan or of where it runs. A step is any object with
+
+- ``signal_ndim`` (int): trailing axes of one item (2);
+- ``results()``: ``{name: (shape, dtype, kind)}``, ``kind`` ``"nav"`` for
+  one value of ``shape`` per item, ``"sum"`` or ``"max"`` for one value of
+  ``shape`` per batch merged over the scan by that operation;
+- ``__call__(batch)``: ``{name: array}``, ``(B, *shape)`` for ``"nav"``
+  results, ``shape`` for merged ones.
+
+:func:`run` maps a step over blocks of whole leading (scan-row) slices, in
+process or as one task per block on a ``dask.distributed`` cluster whose
+workers read their own blocks. With a ``store`` it writes every block's
+results into a zarr store (version 2 format) as the block finishes and marks
+the block done; a run started again with the same store and fingerprint
+continues from the blocks already written and ends with the same numbers as
+an uninterrupted run (blocks are the same, and merged results are combined
+in block order at the end). Such a store is a scratch store of kind
+``stemae-partial``: :func:`stemae.data.results.read_results` refuses it, and
+the pipelines remove it once their results store is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from stemae.data.blocks import not_finite_message, rows_for_budget
+from stemae.data.results import PARTIAL_KIND
+from stemae.errors import InputError
+
+MERGES = {"sum": np.add, "max": np.maximum}
+
+
+def _check_step(step, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The leading (navigation) shape of ``data`` for ``step``."""
+    nav = tuple(shape[: len(shape) - step.signal_ndim])
+    if len(nav) not in (1, 2):
+        raise InputError(f"data of shape {shape}: expected one or two scan axes before "
+                         f"{step.signal_ndim} signal axes")
+    for name, (_, _, kind) in step.results().items():
+        if kind not in ("nav", *MERGES):
+            raise ValueError(f"result {name!r}: unknown kind {kind!r}")
+    return nav
+
+
+def read_block(data, r0: int, r1: int) -> np.ndarray:
+    """Scan rows ``r0:r1`` of ``data`` as float32, checked by :func:`check_finite`."""
+    return check_finite(np.asarray(data[r0:r1], dtype=np.float32), r0)
+
+
+def check_finite(block: np.ndarray, r0: int) -> np.ndarray:
+    """``block`` (rows of patterns ``(rows, Rx, Qy, Qx)`` or of images
+    ``(frames, H, W)``) unchanged; NaN or Inf raises :class:`InputError`
+    naming the first bad scan position or frame (``r0`` the block's first row)."""
+    bad = ~np.isfinite(block).all(axis=(-2, -1))
+    if bad.any():
+        where = np.argwhere(bad)[0]
+        if block.ndim == 4:
+            raise InputError(not_finite_message(r0 + where[0], where[1]))
+        raise InputError(f"frame {r0 + where[0]} contains NaN or Inf; stemae needs finite values")
+    return block
+
+
+def apply_block(step, block: np.ndarray) -> dict[str, np.ndarray]:
+    """``step`` on one block ``(rows, [Rx,] *signal)``: its ``"nav"``
+    results shaped ``(rows, [Rx,] *shape)``, merged ones as the step gives them."""
+    nav = block.shape[: block.ndim - step.signal_ndim]
+    out = step(block.reshape((-1,) + block.shape[len(nav):]))
+    spec = step.results()
+    return {k: (np.asarray(v).reshape(nav + tuple(spec[k][0])) if spec[k][2] == "nav" else np.asarray(v))
+            for k, v in out.items()}
+
+
+def _layout(step, nav, rows) -> dict:
+    return {"nav": list(nav), "rows": int(rows),
+            "results": {k: [list(map(int, s)), np.dtype(d).str, kind] for k, (s, d, kind) in step.results().items()}}
+
+
+def open_partial(path, step, nav, rows: int, fingerprint: dict) -> tuple[object, int]:
+    """The partial store at ``path`` for this run: reopened when it belongs to
+    the same run (same fingerprint and layout), else made afresh (a partial
+    store of another run is replaced; anything else there is refused).
+    Returns ``(zarr group, blocks already done)``."""
+    import zarr
+
+    path = Path(path)
+    layout = _layout(step, nav, rows)
+    n_blocks = math.ceil(nav[0] / rows)
+    if path.exists():
+        try:
+            old = zarr.open_group(str(path), mode="r+")
+            kind = old.attrs.get("kind")
+        except Exception:
+            kind = None
+        if kind != PARTIAL_KIND:
+            raise InputError(f"{path} exists and is not a stemae partial store; refusing to overwrite it")
+        if old.attrs.get("fingerprint") == _canonical(fingerprint) and old.attrs.get("layout") == layout:
+            return old, int(np.asarray(old["done"][...]).sum())
+        shutil.rmtree(path)
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.attrs.update({"kind": PARTIAL_KIND, "fingerprint": _canonical(fingerprint), "layout": layout})
+    for name, (shape, dtype, kind) in step.results().items():
+        if kind == "nav":
+            full = tuple(nav) + tuple(shape)
+            chunks = (rows,) + full[1:]
+        else:
+            full = (n_blocks,) + tuple(shape)
+            chunks = (1,) + tuple(shape)
+        root.create_array(name, shape=full, chunks=chunks, dtype=dtype, fill_value=0)
+    root.create_array("done", shape=(n_blocks,), chunks=(1,), dtype="u1", fill_value=0)
+    return root, 0
+
+
+def _canonical(fingerprint: dict) -> dict:
+    return json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+
+
+def partial_status(path) -> tuple[int, int] | None:
+    """``(blocks done, blocks)`` of a partial store at ``path``, None if there is none."""
+    import zarr
+
+    try:
+        root = zarr.open_group(str(path), mode="r")
+        if root.attrs.get("kind") != PARTIAL_KIND:
+            return None
+        done = np.asarray(root["done"][...])
+        return int(done.sum()), len(done)
+    except Exception:
+        return None
+
+
+def _write_block(root, step, i: int, r0: int, out: dict) -> None:
+    """One block's results into the partial store, then its done mark."""
+    for name, (_, _, kind) in step.results().items():
+        v = out[name]
+        if kind == "nav":
+            root[name][r0 : r0 + len(v)] = v
+        else:
+            root[name][i] = v
+    root["done"][i] = 1
+
+
+def _block_task(step, block, i: int, r0: int, store: str | None):
+    """What a Dask worker does with one block it was given: check it, map
+    it, write it (or return its results when there is no store)."""
+    out = apply_block(step, check_finite(np.asarray(block, dtype=np.float32), r0))
+    if store is None:
+        return out
+    import zarr
+
+    _write_block(zarr.open_group(store, mode="r+"), step, i, r0, out)
+    return None
+
+
+def run(step, data, *, store=None, fingerprint: dict | None = None, rows: int | None = None, client=None,
+        progress: bool = False, desc: str = "mapping") -> dict[str, np.ndarray]:
+    """Map ``step`` over ``data`` in blocks of scan rows.
+
+    Parameters
+    ----------
+    step : a per-batch step (see the module docstring)
+    data : array-like ``(Ry, [Rx,] *signal)`` sliceable along its first
+        axis (NumPy, h5py, zarr, Dask, a prepared view); with ``client``
+        it must pickle (a zarr array, a NumPy array, a Dask array, or
+        :func:`stemae.data.readers.lazy` of a file)
+    store : path of a partial store (zarr) that keeps every finished block,
+        so an interrupted run resumes; None keeps results in memory only
+    fingerprint : what identifies the run (input, method, state, settings);
+        a store of another fingerprint is started afresh
+    rows : scan rows per block (default about 32 MB of float32 patterns)
+    client : a ``dask.distributed.Client``: blocks run as tasks on its
+        workers, each reading its own block
+    progress : show a progress bar of items mapped
+
+    Returns
+    -------
+    dict of every result: ``"nav"`` results ``(Ry, [Rx,] *shape)``, merged
+    ones combined over all blocks.
+    """
+    nav = _check_step(step, tuple(data.shape))
+    rows = rows or rows_for_budget(data.shape, 32 * 2**20)
+    starts = list(range(0, nav[0], rows))
+    per_row = int(np.prod(nav[1:], dtype=np.int64)) if len(nav) > 1 else 1
+    spec = step.results()
+    root, done = (None, 0)
+    if store is not None:
+        root, done = open_partial(store, step, nav, rows, fingerprint or {})
+    todo = [i for i in range(len(starts)) if root is None or not root["done"][i]]
+    if done and progress:
+        tqdm.write(f"resuming: {done} of {len(starts)} blocks were mapped before ({store})")
+    bar = tqdm(total=nav[0] * per_row, initial=(len(starts) - len(todo)) * rows * per_row, unit="item", desc=desc,
+               disable=not progress, leave=False)
+    results = {}
+    if root is None:
+        results = {k: np.zeros(tuple(nav) + tuple(s), d) if kind == "nav" else [None] * len(starts)
+                   for k, (s, d, kind) in spec.items()}
+
+    def keep(i, out):
+        r0 = starts[i]
+        for k, (_, _, kind) in spec.items():
+            if kind == "nav":
+                results[k][r0 : r0 + len(out[k])] = out[k]
+            else:
+                results[k][i] = out[k]
+
+    if client is None:
+        for i in todo:
+            r0, r1 = starts[i], min(starts[i] + rows, nav[0])
+            out = apply_block(step, read_block(data, r0, r1))
+            if root is None:
+                keep(i, out)
+            else:
+                _write_block(root, step, i, r0, out)
+            bar.update((r1 - r0) * per_row)
+    else:
+        import dask
+        import dask.array as da
+        from dask.distributed import as_completed
+
+        darr = data if isinstance(data, da.Array) else da.from_array(data, chunks=(rows,) + tuple(data.shape[1:]))
+        blocks = darr.rechunk((rows,) + tuple(data.shape[1:])).to_delayed().ravel()
+        [step_f] = client.scatter([step], broadcast=True)
+        task = dask.delayed(_block_task, pure=False)
+        futures = client.compute([task(step_f, blocks[i], i, starts[i], None if store is None else str(store))
+                                  for i in todo])
+        for fut in as_completed(futures):
+            i = todo[futures.index(fut)]
+            out = fut.result()
+            if root is None:
+                keep(i, out)
+            bar.update((min(starts[i] + rows, nav[0]) - starts[i]) * per_row)
+    bar.close()
+    if root is not None:
+        results = {k: (root[k][...] if kind == "nav" else list(root[k][...])) for k, (_, _, kind) in spec.items()}
+    for k, (_, _, kind) in spec.items():
+        if kind != "nav":
+            merged = results[k][0]
+            for part in results[k][1:]:
+                merged = MERGES[kind](merged, part)
+            results[k] = np.asarray(merged)
+    return results
+
+
+def remove_partial(path) -> None:
+    """Delete a partial store once its run's results are written."""
+    path = Path(path)
+    if partial_status(path) is not None:
+        shutil.rmtree(path, ignore_errors=True)
