@@ -769,7 +769,7 @@ class PredictStep:
         if tuple(patterns.shape[1:]) != self.model.pattern_shape:
             raise InputError(f"patterns are {patterns.shape[1]}x{patterns.shape[2]} but the model was trained on "
                              f"{self.model.pattern_shape[0]}x{self.model.pattern_shape[1]}")
-        x = torch.as_tensor(np.asarray(patterns, np.float32), device=self.device)
+        x = torch.as_tensor(np.require(patterns, np.float32, ["W"]), device=self.device)
         parts = [_predict_batch(self.model, x[i : i + self.batch_size], self.iterations, self.area)
                  for i in range(0, len(x), self.batch_size)]
         out = {k: np.concatenate([p[k] for p in parts]) for k in OUTPUTS}

@@ -89,6 +89,18 @@ def train_model(datacube: Datacube, *, classes: int = 1, epochs: int = 3, refine
                       device=resolve_device(device), progress=progress)
 
 
+def load_step(bundle, *, device: str = "cpu", batch_size: int = 256):
+    """The per-batch step (see :mod:`stemae.runner`) of a strain bundle: a
+    trained CC-ST-AE's :class:`~stemae.strain.ccstae.PredictStep` or a
+    classical state's :class:`~stemae.strain.classical.ClassicalStep`."""
+    from stemae.nn.bundle import bundle_kind
+    from stemae.strain import classical
+
+    if bundle_kind(bundle) == classical.KIND:
+        return classical.ClassicalStep(*classical.load_state(bundle))
+    return ccstae.PredictStep(ccstae.load(bundle), device=resolve_device(device), batch_size=batch_size)
+
+
 def _mapping(datacube: Datacube, out_dir, bundle: dict | None, client, rows: int | None) -> dict:
     """How the per-batch step runs (:func:`stemae.runner.run`): on the
     ``client``'s workers (which open the file themselves) or in process, in
