@@ -460,6 +460,17 @@ def test_domains_series_end_to_end(tmp_path):
     again_attrs = read_results(again / "domains.zarr")[1]
     assert again_attrs["window"] == attrs["window"]
     assert again_attrs["init"]["path"] == str((out / "model").resolve())
+    # The bundle's own types, labelled per frame: one frame alone gets the
+    # same types with the same numbers.
+    alone = tmp_path / "alone"
+    r = runner.invoke(app, ["domains", str(frames[1]), "--init", str(out / "model"), "--epochs", "0", "--same-types",
+                            "--out", str(alone), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    alone_arrays, alone_attrs = read_results(alone / "domains.zarr")
+    assert alone_attrs["type_angles"] == attrs["type_angles"]
+    assert (alone_arrays["segmentation"][0] == arrays["segmentation"][1]).mean() > 0.95
+    r = runner.invoke(app, ["domains", str(frames[1]), "--same-types", "--out", str(alone), "--no-progress"])
+    assert r.exit_code == 2 and "--same-types needs --init" in r.output
 
 
 def test_domains_bad_input_is_one_clear_error(tmp_path):

@@ -684,6 +684,10 @@ def domains(
     init: Optional[Path] = typer.Option(
         None, metavar="BUNDLE", help="Start from this trained bundle (transfer learning)."
     ),
+    same_types: bool = typer.Option(
+        False, "--same-types", help="With --init: label every window against the bundle's domain types (same types, "
+                                     "same numbers as the run that made it) instead of finding the types anew."
+    ),
     seed: SeedOpt = 0,
     device: DeviceOpt = "cpu",
     scheduler: SchedulerOpt = None,
@@ -704,6 +708,9 @@ def domains(
         stack, names = read_images(images)
         frame_labels, kind = parse_labels(labels, len(stack))
         model, cfg = load_model(init, dev) if init is not None else (None, {})
+        if same_types and "type_angles" not in cfg:
+            raise InputError("--same-types needs --init with a bundle that records its domain types "
+                             "(written by `stemae domains` of this version)")
         with _cluster(scheduler, workers) as client:
             maps, info, model = map_domains(
                 stack,
@@ -721,6 +728,7 @@ def domains(
                 device=dev,
                 progress=progress,
                 client=client,
+                types=cfg["type_angles"] if same_types else None,
             )
         if init is not None:
             info["init"] = bundle_provenance(init)

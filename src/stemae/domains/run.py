@@ -13,8 +13,8 @@ from tqdm.auto import tqdm
 from stemae.data.results import atomic_path, write_results
 from stemae.domains import model as ae
 from stemae.domains.lockin import LOCK_IN_WIDTH, lock_in, relative_contrast
-from stemae.domains.segment import (REFERENCE_GUARD, assign_walls, boundary_mask, domain_statistics, drop_empty_types,
-                                    refine_boundaries, segment, wall_pairs)
+from stemae.domains.segment import (REFERENCE_GUARD, assign_types, assign_walls, boundary_mask, domain_statistics,
+                                    drop_empty_types, refine_boundaries, segment, wall_pairs)
 from stemae.domains.windows import (check_windowing, choose_window, half_window_power, order_null, window_centres,
                                    window_ffts, window_stripes)
 from stemae.errors import InputError
@@ -27,6 +27,8 @@ SECTORS = 36
 #: Boundaries are refined with half-size windows only if those are at least
 #: this big (px): smaller ones hold too little of a stripe wave.
 MIN_HALF_WINDOW = 32
+#: Windows whose stripe order (relative to noise-only windows) is at or below this are domain-free.
+ORDER_THRESHOLD = 1.0
 
 def map_domains(
     images,
@@ -46,6 +48,7 @@ def map_domains(
     device: str = "cpu",
     progress: bool = False,
     client=None,
+    types=None,
 ) -> tuple[dict[str, np.ndarray], dict, ae.DomainAE]:
     """Domain maps of a series of images.
 
@@ -64,6 +67,10 @@ def map_domains(
     epochs, latent, l1, l1_start, l1_ramp : training, see :func:`stemae.domains.model.fit`
     seed, device, progress : determinism, torch device, progress bars
     client : a ``dask.distributed.Client`` to map the frames on (one task per frame)
+    types : the stripe types' wall angles (degrees, e.g. a bundle's
+        ``type_angles``): every window is labelled per frame against them
+        (the same types, numbered alike, on any data) instead of finding
+        the types from all windows; ``n_clusters`` is then ignored
 
     Returns
     -------
@@ -108,16 +115,20 @@ def map_domains(
         model, record = ae.fit(np.concatenate(sample), latent=latent, epochs=epochs, n_train=N_TRAIN,
                                l1=l1, l1_start=l1_start, l1_ramp=l1_ramp, init=init, seed=seed, device=device,
                                progress=progress)
-    maps = run(FrameStep(model, images.shape[1:], window, stride, crop, device), images, rows=1,
+    maps = run(FrameStep(model, images.shape[1:], window, stride, crop, device, types), images, rows=1,
                client=client, progress=progress, desc="domains map")
     centres = window_centres(images.shape[1:], window, stride)
-    labels, info = segment(maps["order"], maps["orientation"], 1.0, n_clusters)
+    if types is None:
+        labels, info = segment(maps["order"], maps["orientation"], ORDER_THRESHOLD, n_clusters)
+    else:
+        labels, info = maps.pop("label"), {"n_clusters": 1 + len(types), "type_angles": [float(a) for a in types]}
     if window - 2 * (window // 4) >= MIN_HALF_WINDOW:
         labels = refine_boundaries(labels, boundary_power(images, labels, window, stride, crop, seed),
                                    info["type_angles"])
     labels = refine_walls(images, labels, maps["orientation"], maps["period"], centres)
-    labels, modes = drop_empty_types(labels, info["type_angles"])
-    info.update(n_clusters=1 + len(modes), type_angles=[float(a) for a in modes])
+    if types is None:  # given types keep their numbers, empty or not
+        labels, modes = drop_empty_types(labels, info["type_angles"])
+        info.update(n_clusters=1 + len(modes), type_angles=[float(a) for a in modes])
     info["order_threshold"] = order_null(window, crop)[1]
     maps["segmentation"] = labels
     maps["centres"] = centres
@@ -132,25 +143,34 @@ class FrameStep:
     ``(B, H, W)`` to everything their windows say, on the window grid
     ``(ny, nx)``: the autoencoder's ``content`` (latent), ``stretch``,
     ``shear`` and ``error``; the stripe ``order``, ``orientation`` (degrees)
-    and ``period`` (px) (:func:`~stemae.domains.windows.window_stripes`)."""
+    and ``period`` (px) (:func:`~stemae.domains.windows.window_stripes`);
+    with the types' wall angles ``types`` (degrees, a bundle's
+    ``type_angles``) also each window's ``label``
+    (:func:`~stemae.domains.segment.assign_types`, before the whole-map
+    refinement of walls)."""
 
     signal_ndim = 2
 
     def __init__(self, model: ae.DomainAE, shape: tuple[int, int], window: int, stride: int, crop: int,
-                 device: str = "cpu"):
+                 device: str = "cpu", types=None):
         self.model, self.shape, self.window, self.stride, self.crop, self.device = (
             model, tuple(shape), window, stride, crop, device)
+        self.types = None if types is None else [float(a) for a in types]
 
     def results(self) -> dict:
         grid = window_centres(self.shape, self.window, self.stride).shape[:2]
-        return {"content": (grid + (self.model.latent,), "f4", "nav"),
-                **{k: (grid, "f4", "nav") for k in ("stretch", "shear", "error", "order", "orientation", "period")}}
+        out = {"content": (grid + (self.model.latent,), "f4", "nav"),
+               **{k: (grid, "f4", "nav") for k in ("stretch", "shear", "error", "order", "orientation", "period")}}
+        return out if self.types is None else {**out, "label": (grid, "i8", "nav")}
 
     def __call__(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         spectra, _ = window_ffts(frames, self.window, self.stride, self.crop, self.device)
         coded = ae.predict(self.model, spectra, self.window, device=self.device)
-        return {**{k: coded[k] for k in ("content", "stretch", "shear", "error")},
-                **window_stripes(spectra, self.window)}
+        out = {**{k: coded[k] for k in ("content", "stretch", "shear", "error")},
+               **window_stripes(spectra, self.window)}
+        if self.types is not None:
+            out["label"] = assign_types(out["order"], out["orientation"], ORDER_THRESHOLD, self.types)
+        return out
 
 
 def boundary_power(images: np.ndarray, labels: np.ndarray, window: int, stride: int, crop: int, seed: int = 0,
@@ -294,7 +314,7 @@ def write_domain_results(out: Path, images: np.ndarray, names: list[str], labels
         tmp.write_text(fractions_table(names, labels, maps))
     paths["table"] = out / "fractions.csv"
     ae.save_model(out / "model", model, {"window": info["window"], "stride": info["stride"],
-                                         "training": info["record"]})
+                                         "type_angles": info["type_angles"], "training": info["record"]})
     paths["model"] = out / "model"
     paths["segmentation"] = viz.plot_segmentation(images, maps, names, out / "segmentation.png")
     paths["latents"] = viz.plot_domain_latents(maps, names, out / "latent_maps.png")

@@ -87,6 +87,19 @@ def nearest_mode(orientation: np.ndarray, modes: np.ndarray) -> np.ndarray:
     return np.argmin(axial_distance(np.asarray(orientation)[:, None], modes[None, :]), axis=1)
 
 
+def assign_types(order: np.ndarray, orientation: np.ndarray, threshold: float, modes) -> np.ndarray:
+    """Domain type of every window given the types' wall angles (the
+    per-batch half of :func:`segment`): 0 (domain-free) where ``order`` is at
+    or below ``threshold``, else 1 + the index of the nearest of ``modes``
+    (degrees). ``order``, ``orientation`` any shape; returns int labels of it."""
+    modes = np.asarray(modes, np.float64)
+    ordered = order > threshold
+    labels = np.zeros(np.shape(order), int)
+    if len(modes):
+        labels[ordered] = 1 + nearest_mode(orientation[ordered], modes)
+    return labels
+
+
 def segment(order: np.ndarray, orientation: np.ndarray, threshold: float, n_clusters: int | None = None
             ) -> tuple[np.ndarray, dict]:
     """Domain type of every window.
@@ -111,9 +124,7 @@ def segment(order: np.ndarray, orientation: np.ndarray, threshold: float, n_clus
     frame = np.broadcast_to(np.arange(order.shape[0])[:, None, None], order.shape)
     modes = angle_modes(orientation[ordered], frame[ordered], np.full(order.shape[0], order[0].size),
                         None if n_clusters is None else n_clusters - 1)
-    labels = np.zeros(order.shape, int)
-    if len(modes):
-        labels[ordered] = 1 + nearest_mode(orientation[ordered], modes)
+    labels = assign_types(order, orientation, threshold, modes)
     return labels, {"n_clusters": 1 + len(modes), "type_angles": [float(a) for a in modes]}
 
 
