@@ -43,7 +43,7 @@ from scipy.cluster.vq import kmeans2
 from torch import nn
 from tqdm.auto import tqdm
 
-from stemae.data.blocks import read_patterns
+from stemae.data.blocks import read_patterns, rows_for_budget
 from stemae.errors import InputError
 from stemae.geometry import (
     deformation_from_reciprocal,
@@ -813,6 +813,8 @@ def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, 
         raise InputError(f"patterns are {Qy}x{Qx} but the model was trained on "
                          f"{model.pattern_shape[0]}x{model.pattern_shape[1]}")
     step = PredictStep(model, iterations=iterations, batch_size=batch_size, device=device)
+    # Blocks of at least one whole batch (a GPU wants large batches).
+    rows = rows or max(rows_for_budget(data.shape, 32 * 2**20), -(-batch_size // Rx))
     pred = finish_statistics(run(step, data, store=store, fingerprint=fingerprint, client=client, rows=rows,
                                  progress=progress, desc="ccstae predict"))
     tried = np.zeros((Ry, Rx), bool)
