@@ -20,10 +20,20 @@ from stemae.strain import classical, map_strain
 distributed = pytest.importorskip("distributed")
 
 
-def _same(a: dict, b: dict, keys=None) -> None:
-    for k in keys or a:
-        if isinstance(a[k], np.ndarray):
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+def _same(a: dict, b: dict) -> None:
+    """Equal maps; floats to float32 rounding (a worker's one thread sums
+    in another order than this process's two)."""
+    for k, v in a.items():
+        if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+            np.testing.assert_allclose(b[k], v, rtol=1e-4, atol=1e-5 * np.nanmax(np.abs(v)), err_msg=k)
+        elif isinstance(v, np.ndarray):
+            np.testing.assert_array_equal(b[k], v, err_msg=k)
+
+
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
 
 
 def test_a_cluster_maps_data_larger_than_its_workers_memory(tmp_path):
@@ -31,8 +41,8 @@ def test_a_cluster_maps_data_larger_than_its_workers_memory(tmp_path):
     worker processes that each read their own blocks: same numbers as in
     process, and no worker was restarted for memory."""
     sim = heterostructure((8, 64), (128, 128), dose=1e5, seed=5)
-    limit = 256 * 2**20
-    tiles = 32  # 256 x 64 patterns of 128 x 128 float32: 1.07 GB
+    limit = 320 * 2**20
+    tiles = 40  # 320 x 64 patterns of 128 x 128 float32: 1.34 GB
     path = tmp_path / "big.zarr"
     import zarr
 
@@ -48,10 +58,11 @@ def test_a_cluster_maps_data_larger_than_its_workers_memory(tmp_path):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=limit, processes=True,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         pids = client.run(os.getpid)
-        on_cluster = map_strain(z, reference=ref, state=state, client=client, rows=2)
-        assert client.run(os.getpid) == pids  # no worker was killed and restarted
-        peak = client.run(lambda: __import__("psutil").Process().memory_info().rss)
-    assert max(peak.values()) < limit
+        on_cluster = map_strain(z, reference=ref, state=state, client=client, rows=1)
+        # No worker passed 95 % of its limit (its nanny would have killed and
+        # restarted it), and none holds more than its limit now.
+        assert client.run(os.getpid) == pids
+        assert max(client.run(_rss).values()) < limit
     in_process = map_strain(sim.data, reference=ref[:8], state=state)
     for k in ("e_xx", "e_yy", "e_xy", "theta", "valid"):
         for t in range(tiles):
