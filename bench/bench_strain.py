@@ -182,7 +182,7 @@ def run_case(name: str, scan: int, pattern: int, seed: int, with_cli: bool) -> d
     t = time.perf_counter()
     pred = ccstae.predict(model, sim.data)
     t_pred = time.perf_counter() - t
-    cc = ccstae.map_strain(pred, ref)
+    cc = ccstae.to_strain(pred, ref)
 
     WORK.mkdir(exist_ok=True)
     data_path, ref_path = WORK / "data.npy", WORK / "reference.npy"

@@ -35,7 +35,7 @@ def test_recovers_uniform_strain_quickly(uniform, fitted):
     sim, e, right = uniform
     model, record, t_fit = fitted
     t = time.perf_counter()
-    m = ccstae.map_strain(ccstae.predict(model, sim.data), reference=((0, 24), (0, 8)))
+    m = ccstae.to_strain(ccstae.predict(model, sim.data), reference=((0, 24), (0, 8)))
     assert t_fit + time.perf_counter() - t < 60
     assert m["valid"].all()
     for k in ("e_xx", "e_yy", "e_xy"):
@@ -88,7 +88,7 @@ def test_deterministic_with_a_seed(uniform):
 def test_phase_map_of_heterostructure():
     sim = heterostructure((24, 24), (128, 128), dose=1e4, seed=8)
     model, _ = ccstae.fit(sim.data, n_classes=2, n_train=256, epochs=3, seed=0)
-    m = ccstae.map_strain(ccstae.predict(model, sim.data), reference=((0, 24), (0, 4)))
+    m = ccstae.to_strain(ccstae.predict(model, sim.data), reference=((0, 24), (0, 4)))
     truth = sim.truth["phase"]
     # Class 0 is the base with the larger reciprocal cell: WS2, the truth's phase 0.
     assert (m["phase"] == truth).mean() > 0.98
@@ -104,7 +104,7 @@ def test_polycrystal_in_any_orientation():
     sim = polycrystal((20, 20), (128, 128), dose=1e5, n_grains=4, seed=2)
     ref = sim.truth["grain"] == sim.truth["grain"][10, 10]
     model, _ = ccstae.fit(sim.data, n_classes=1, n_train=256, epochs=3, seed=0)
-    m = ccstae.map_strain(ccstae.predict(model, sim.data), reference=ref)
+    m = ccstae.to_strain(ccstae.predict(model, sim.data), reference=ref)
     G = np.stack([m["g1"], m["g2"]], -1)
     err = strain_errors(m, truth_strain_maps(sim.truth, ref, m["g_ref"], like=G), m["valid"])
     assert m["valid"].mean() > 0.95

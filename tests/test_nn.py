@@ -7,7 +7,8 @@ import torch
 from stemae.errors import InputError
 from stemae.geometry import polar_decomposition
 from stemae.nn.bundle import load_bundle, save_bundle
-from stemae.nn.lattice import erfc_table, fit_disk_lattice, sample_bilinear, table_lookup
+from stemae.nn.sampling import erfc_table, sample_bilinear, table_lookup
+from stemae.strain.ccstae.likelihood import fit_disk_lattice
 from stemae.nn.transforms import affine_matrix, apply_affine, invert_affine
 
 

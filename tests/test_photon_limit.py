@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from stemae.geometry import strain_maps
-from stemae.nn.lattice import erfc_table, fit_disk_lattice
+from stemae.nn.sampling import erfc_table
+from stemae.strain.ccstae.likelihood import fit_disk_lattice
 from stemae.simulate import WS2, heterostructure, render_disks, simulate_datacube
 from stemae.strain import ccstae, map_strain
 from stemae.strain.bound import MAE_PER_SIGMA, strain_bound
@@ -143,7 +144,7 @@ def test_uncertainties_are_calibrated_and_near_the_bound(monolayer, monolayer_fi
     """60-76 % of the true errors lie within one reported standard deviation,
     per component; and the errors sit within 1.3 times the bound."""
     model, record, pred = monolayer_fit
-    m = ccstae.map_strain(pred, REF)
+    m = ccstae.to_strain(pred, REF)
     truth = truth_strain_maps(monolayer.truth, REF, m["g_ref"], like=np.stack([m["g1"], m["g2"]], -1))
     ok = m["valid"]
     assert ok.mean() > 0.98
@@ -203,7 +204,7 @@ def test_rotated_grains_are_fitted_in_any_orientation():
     sim = polycrystal((24, 24), (128, 128), n_grains=4, dose=1e5, central_fraction=0.97, background=0.3, seed=6)
     ref = sim.truth["grain"] == sim.truth["grain"][12, 12]
     model, _ = ccstae.fit(sim.data, n_classes=1, n_train=256, epochs=1, seed=0)
-    m = ccstae.map_strain(ccstae.predict(model, sim.data), ref)
+    m = ccstae.to_strain(ccstae.predict(model, sim.data), ref)
     truth = truth_strain_maps(sim.truth, ref, m["g_ref"], like=np.stack([m["g1"], m["g2"]], -1))
     grain = sim.truth["grain"]
     base = np.abs(m["e_xx"] - truth["e_xx"])[ref & m["valid"]].mean()

@@ -27,15 +27,6 @@ from __future__ import annotations
 
 import numpy as np
 
-CONVENTIONS = (
-    "arrays (Ry, Rx, Qy, Qx); vectors (x, y) with x along detector columns and "
-    "y along detector rows (down); lattice bases have g1, g2 as columns; "
-    "real-space deformation F maps reference to local lattice (a = F a_ref, "
-    "g = F^-T g_ref); F = R U exact right polar decomposition; e_xx = U_xx - 1, "
-    "e_yy = U_yy - 1, e_xy = U_xy (tensor shear); theta = angle of R in degrees, "
-    "positive from +x towards +y (clockwise on screen with row 0 at top)"
-)
-
 
 def wall_angle(wave: np.ndarray) -> np.ndarray:
     """Angle of the walls of stripes with wave vectors ``(..., 2)`` ``(kx, ky)``:

@@ -13,7 +13,7 @@ LiberTEM users run stemae on any LiberTEM dataset (MIB, K2IS, EMPAD, raw,
 ``results`` gives what :func:`stemae.runner.run` gives for the same step
 (``"nav"`` results shaped ``(Ry, Rx, ...)``, merged ones combined), so the
 whole-map step follows as in process: for a CC-ST-AE bundle
-``ccstae.map_strain(finish_statistics(res), reference)`` (the phase
+``ccstae.to_strain(finish_statistics(res), reference)`` (the phase
 refit of :func:`stemae.strain.ccstae.predict`, which reads patterns again,
 is not part of it), for a classical one the strain of
 :func:`stemae.geometry.strain_maps`. Needs the ``libertem`` extra.

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from stemae.domains.windows import R_MIN, annulus, frequency_grid
 from stemae.nn.bundle import load_bundle, save_bundle
-from stemae.nn.lattice import sample_bilinear
+from stemae.nn.sampling import sample_bilinear
 from stemae.nn.transforms import affine_matrix
 
 KIND = "domains"

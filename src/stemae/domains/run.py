@@ -17,6 +17,7 @@ from stemae.domains.segment import (REFERENCE_GUARD, assign_types, assign_walls,
                                     drop_empty_types, refine_boundaries, segment, wall_pairs)
 from stemae.domains.windows import (check_windowing, choose_window, half_window_power, order_null, window_centres,
                                    window_ffts, window_stripes)
+from stemae.conventions import DOMAIN_ARRAYS
 from stemae.errors import InputError
 from stemae.runner import run
 
@@ -235,30 +236,6 @@ def refine_walls(images: np.ndarray, labels: np.ndarray, orientation: np.ndarray
     return out
 
 
-#: Dimension names in the results store: per window, per frame and type.
-WINDOWS = ("frame", "window_y", "window_x")
-PER_TYPE = ("frame", "type")
-#: Units, description and dimension names of every array of a domains store.
-DESCRIPTIONS = {
-    "centres": ("px", "window centres (y, x) in image pixels, shape (ny, nx, 2)", ("window_y", "window_x", "yx")),
-    "segmentation": ("", "domain type of each window (0: domain-free, then stripe types by wall angle)", WINDOWS),
-    "order": ("", "stripe order of the window spectrum over what noise alone gives (its 99.9 % quantile): "
-              "at most 1 is domain-free", WINDOWS),
-    "orientation": ("deg", "domain wall angle from +x towards +y (x along columns, y down rows), [-90, 90)", WINDOWS),
-    "period": ("px", "stripe period (the fundamental's)", WINDOWS),
-    "stretch": ("", "learned residual stretch of the pose (log_sx - log_sy)", WINDOWS),
-    "shear": ("", "learned residual shear of the pose", WINDOWS),
-    "error": ("", "reconstruction mean squared error of the window spectrum", WINDOWS),
-    "content": ("", "content latents of each window, shape (T, ny, nx, latent)", WINDOWS + ("latent",)),
-    "fractions": ("", "fraction of windows of each domain type per frame, shape (T, K)", PER_TYPE),
-    "type_orientation": ("deg", "mean wall angle of each domain type per frame, shape (T, K)", PER_TYPE),
-    "type_period": ("px", "median period of each domain type per frame, shape (T, K)", PER_TYPE),
-    "series_orientation": ("deg", "mean wall angle of each domain type over all frames, shape (K,)", ("type",)),
-    "series_period": ("px", "median period of each domain type over all frames, shape (K,)", ("type",)),
-    "series_order": ("", "median stripe order of each domain type over all frames, shape (K,)", ("type",)),
-}
-
-
 def fractions_table(names, labels, maps: dict) -> str:
     """CSV text: one row per frame with its name, label (e.g. temperature) and,
     per domain type ``k``, ``fraction_k``, ``orientation_k_deg``, ``period_k_px``
@@ -306,7 +283,7 @@ def write_domain_results(out: Path, images: np.ndarray, names: list[str], labels
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    arrays = {k: (maps[k], *DESCRIPTIONS[k]) for k in DESCRIPTIONS}
+    arrays = {k: (maps[k], *DOMAIN_ARRAYS[k]) for k in DOMAIN_ARRAYS}
     attrs = {"frames": names, "labels": labels, "label_name": label_name,
              **{k: v for k, v in info.items() if k != "record"}, "training": info["record"]}
     paths = {"results": write_results(out / "domains.zarr", arrays, attrs)}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage, special
+from scipy import ndimage
 
 from stemae.data.calibration import Calibration, electron_wavelength
 from stemae.geometry import (
@@ -22,6 +22,7 @@ from stemae.geometry import (
     rotation_matrix,
     strain_from_deformation,
 )
+from stemae.shapes import disk_edge
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def render_disks(
     px = base[:, 0, None, None] + ox
     py = base[:, 1, None, None] + oy
     r = np.hypot(px - p[:, 0, None, None], py - p[:, 1, None, None])
-    prof = 0.5 * special.erfc((r - radius) / (np.sqrt(2.0) * edge))
+    prof = disk_edge(r, radius, edge)
     prof *= (amplitudes[b_idx, n_idx] / prof.sum(axis=(1, 2)))[:, None, None]
     inside = (px >= 0) & (px < Qx) & (py >= 0) & (py < Qy)
     flat = (b_idx[:, None, None] * Qy + py) * Qx + px

@@ -2,7 +2,7 @@
 
 For a noise-free pattern (its expected counts) at a given dose and diffuse
 background, the Fisher information of the pattern model of
-:mod:`stemae.nn.lattice` (disks of the pattern's own measured shapes, the
+:mod:`stemae.strain.ccstae.likelihood` (disks of the pattern's own measured shapes, the
 central disk's and each shell's, moved rigidly by the lattice; every disk's
 amplitude and the background's scale unknown; Poisson noise) bounds the
 covariance of any unbiased estimate of the lattice, and so of the strain. A
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from stemae.geometry import strain_uncertainty
-from stemae.nn.lattice import fit_disk_lattice
+from stemae.strain.ccstae.likelihood import fit_disk_lattice
 from stemae.simulate.diffraction import diffuse_background
 from stemae.strain.disks import estimate_probe, find_disks
 from stemae.strain.pooled import beam_centers, disk_basis

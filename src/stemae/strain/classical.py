@@ -19,7 +19,7 @@ from stemae.strain.disks import center_of_mass, estimate_probe, find_disks
 from stemae.strain.lattice import align_to_reference, fit_lattice, orientation_search, relabel_covariance
 from stemae.strain.pooled import pooled_basis
 
-METHODS = ("xcorr", "com")
+CLASSICAL_METHODS = ("xcorr", "com")
 KIND = "classical"
 
 
@@ -62,8 +62,8 @@ def fit_state(data, *, method: str = "xcorr", reference=None, radius: float | No
     ``find`` (the keyword arguments) and ``indexing`` (the
     :func:`~stemae.strain.pooled.lattice_check` of the reference sum)
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in CLASSICAL_METHODS:
+        raise ValueError(f"method must be one of {CLASSICAL_METHODS}, got {method!r}")
     mask = reference_mask(data.shape[:2], reference)
     basis, check, _, _ = pooled_basis(data, mask, radius=radius)
     center, _ = estimate_probe(_sample_patterns(data))

@@ -5,7 +5,9 @@ refinement, all batched over patterns.
 from __future__ import annotations
 
 import numpy as np
-from scipy import fft, ndimage, special
+from scipy import fft, ndimage
+
+from stemae.shapes import disk_edge
 
 FFT_WORKERS = -1
 
@@ -30,7 +32,7 @@ def disk_template(radius: float, shape: tuple[int, int], center=None, edge: floa
     H, W = shape
     cx, cy = (W // 2, H // 2) if center is None else center
     yy, xx = np.mgrid[0:H, 0:W]
-    t = 0.5 * special.erfc((np.hypot(xx - cx, yy - cy) - radius) / (np.sqrt(2) * edge))
+    t = disk_edge(np.hypot(xx - cx, yy - cy), radius, edge)
     return t / t.sum()
 
 

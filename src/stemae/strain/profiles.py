@@ -10,7 +10,7 @@ profile is the smooth, analytic alternative. The diffuse background
 central beam; its shape is measured from the pixels outside all disks.
 
 Profiles are tables sampled every ``dr`` pixels from ``r = 0`` (see
-:func:`stemae.nn.lattice.table_lookup`).
+:func:`stemae.nn.sampling.table_lookup`).
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def shell_profiles(patterns: np.ndarray, origins: np.ndarray, centers: np.ndarra
     """
     import torch
 
-    from stemae.nn.lattice import gather_windows, table_lookup, window_offsets
+    from stemae.nn.sampling import gather_windows, table_lookup, window_offsets
 
     r_max = radius + extent
     nb = int(np.ceil(r_max / 0.1))

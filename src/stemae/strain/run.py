@@ -10,12 +10,13 @@ from stemae import __version__
 from stemae.data import Datacube, write_results
 from stemae.data.readers import lazy
 from stemae.errors import InputError
-from stemae.geometry import CONVENTIONS, frame_matrix, reference_mask
+from stemae.conventions import CONVENTIONS, STRAIN_ARRAYS
+from stemae.geometry import frame_matrix, reference_mask
 from stemae.nn.bundle import CONFIG, bundle_provenance, load_bundle
 from stemae.nn.device import resolve_device
 from stemae.runner import partial_status, remove_partial
 from stemae.strain import ccstae
-from stemae.strain.classical import fit_state, map_strain, save_state
+from stemae.strain.classical import CLASSICAL_METHODS, fit_state, map_strain, save_state
 from stemae.strain.diagnostics import bragg_vector_map
 from stemae.data.blocks import read_patterns
 from stemae.strain.pooled import aligned_sum
@@ -30,7 +31,7 @@ from stemae.viz import (
     plot_virtual_dark_field,
 )
 
-METHODS = ("ccstae", "xcorr", "com")
+METHODS = ("ccstae", *CLASSICAL_METHODS)
 #: The partial store of a run in progress (see :mod:`stemae.runner`), in its output folder.
 PARTIAL = ".strain.partial.zarr"
 #: Every figure a strain run may write; those a run does not write are
@@ -38,49 +39,6 @@ PARTIAL = ".strain.partial.zarr"
 #: new results.
 FIGURES = ("strain_maps.png", "diagnostics.png", "uncertainty_maps.png", "reference_lattice.png", "phase_map.png",
            "bases.png", "virtual_dark_field.png", "loss.png")
-
-#: Dimension names of the scan axes in the results store.
-SCAN = ("scan_y", "scan_x")
-#: Units, description and dimension names of every array a strain store may hold.
-ARRAY_INFO = {
-    "e_xx": ("1", "normal strain along x, U_xx - 1", SCAN),
-    "e_yy": ("1", "normal strain along y, U_yy - 1", SCAN),
-    "e_xy": ("1", "shear strain (tensor), U_xy", SCAN),
-    "theta": ("deg", "lattice rotation, positive from +x towards +y", SCAN),
-    "valid": ("", "lattice fit succeeded and passed the residual check", SCAN),
-    "g1": ("px", "first reciprocal basis vector (x, y) in detector pixels", SCAN + ("xy",)),
-    "g2": ("px", "second reciprocal basis vector (x, y) in detector pixels", SCAN + ("xy",)),
-    "origin": ("px", "central-beam position (x, y) in detector pixels", SCAN + ("xy",)),
-    "g1_inv_A": ("1/A", "first reciprocal basis vector (x, y), calibrated and undistorted", SCAN + ("xy",)),
-    "g2_inv_A": ("1/A", "second reciprocal basis vector (x, y), calibrated and undistorted", SCAN + ("xy",)),
-    "sigma_e_xx": ("1", "standard deviation of e_xx (fit and reference)", SCAN),
-    "sigma_e_yy": ("1", "standard deviation of e_yy (fit and reference)", SCAN),
-    "sigma_e_xy": ("1", "standard deviation of e_xy (fit and reference)", SCAN),
-    "sigma_theta": ("deg", "standard deviation of theta (fit and reference)", SCAN),
-    "n_disks": ("count", "Bragg disks used in the lattice fit besides the central beam", SCAN),
-    "rms": ("px", "weighted RMS residual of the lattice fit", SCAN),
-    "chi2": ("1", "Pearson chi-square of the pattern fit per degree of freedom (about 1 where the model fits)", SCAN),
-    "disk_intensity": ("counts", "virtual dark field: fitted counts in each reflection's disk, last axis as 'hk'",
-                       SCAN + ("reflection",)),
-    "hk": ("", "reflection indices (h, k) of disk_intensity's last axis, in the base's g1, g2", ("reflection", "hk")),
-    "background": ("counts/px", "scale of the diffuse background (counts per pixel where its shape is 1)", SCAN),
-    "com": ("px", "whole-pattern centre of mass (x, y) in detector pixels", SCAN + ("xy",)),
-    "phase": ("", "class (base) index", SCAN),
-    "probabilities": ("", "class probabilities, last axis over bases", SCAN + ("class",)),
-    "bases": ("px", "learned base reciprocal bases (K, 2, 2), columns g1, g2", ("class", "xy", "vector")),
-    "loss": ("", "training cycle loss per epoch", ("epoch",)),
-    "virtual_bf": ("counts", "virtual bright field: counts within the disk radius of each pattern's central beam",
-                   SCAN),
-    "virtual_df": ("counts", "virtual annular dark field: counts beyond 1.5 disk radii of each pattern's central beam",
-                   SCAN),
-    "mean_pattern": ("counts", "mean diffraction pattern", ("qy", "qx")),
-    "max_pattern": ("counts", "largest count of every detector pixel over the scan", ("qy", "qx")),
-    "bragg_vector_map": ("count", "fitted reflections h g1 + k g2 (|h|, |k| <= 2) of every valid pattern, about the "
-                                  "detector centre", ("qy", "qx")),
-    "reference": ("", "reference region (unstrained lattice): the positions whose mean lattice is the reference "
-                      "(less outliers)", SCAN),
-}
-
 
 def train_model(datacube: Datacube, *, classes: int = 1, epochs: int = 3, refine: str = "voigt", seed: int = 0,
                 device: str = "cpu", progress: bool = False):
@@ -127,7 +85,7 @@ def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, refere
     _check_phase(reference_phase, model.K, per_phase)
     how = _mapping(datacube, out_dir, bundle, client, rows)
     pred = ccstae.predict(model, how.pop("data"), device=resolve_device(device), progress=progress, **how)
-    res = ccstae.map_strain(pred, reference, reference_phase=reference_phase, frame=_frame(frame, datacube.calibration),
+    res = ccstae.to_strain(pred, reference, reference_phase=reference_phase, frame=_frame(frame, datacube.calibration),
                             per_phase=per_phase)
     res["bases"] = model.G.detach().cpu().numpy()
     res["hk"] = model.hk.cpu().numpy().astype(np.int16)
@@ -310,7 +268,7 @@ def write_strain_results(datacube: Datacube, out_dir, res: dict, extra_attrs: di
         to_q = cal.undistortion() * cal.inverse_angstrom_per_pixel()
         res = {**res, "g1_inv_A": (res["g1"] @ to_q.T).astype(np.float32),
                "g2_inv_A": (res["g2"] @ to_q.T).astype(np.float32)}
-    arrays = {k: (res[k], *ARRAY_INFO[k]) for k in ARRAY_INFO if k in res}
+    arrays = {k: (res[k], *STRAIN_ARRAYS[k]) for k in STRAIN_ARRAYS if k in res}
     attrs = {
         "conventions": CONVENTIONS,
         "method": res["method"],

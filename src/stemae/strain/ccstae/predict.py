@@ -1,0 +1,254 @@
+"""The CC-ST-AE's per-batch step, prediction over a scan and strain from it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from stemae.data.blocks import read_patterns, rows_for_budget
+from stemae.errors import InputError
+from stemae.geometry import (
+    deformation_from_reciprocal,
+    reference_mask,
+    strain_from_deformation,
+    strain_maps,
+)
+from stemae.runner import run
+from stemae.strain.ccstae.likelihood import fit_central_beam
+from stemae.strain.ccstae.model import CCSTAE, CLASS_SCALE, PHASE_ROUNDS
+from stemae.strain.diagnostics import (
+    DIAGNOSTICS,
+    batch_statistics,
+    finish_statistics,
+    statistics_results,
+)
+from stemae.strain.lattice import align_to_reference, relabel_covariance
+from stemae.strain.profiles import DISK_DR
+
+OUTPUTS = {"G": (2, 2), "cov": (4, 4), "origin": (2,), "phase": (), "probabilities": None, "chi2": (),
+           "n_disks": (), "disk_intensity": None, "background": ()}
+
+
+@torch.no_grad()
+def _predict_batch(model: CCSTAE, x: torch.Tensor, iterations: int, area: torch.Tensor,
+                   base: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """:func:`predict`'s work on patterns ``x`` (B, Qy, Qx); ``base`` (B,)
+    forces the base the fits start from. Returns its outputs, one row per pattern."""
+    device = x.device
+    disk = model.disk()
+    logits, _, origin, _ = model(x)
+    k = logits.argmax(-1)
+    b = torch.arange(len(x), device=device)
+    o0 = fit_central_beam(x, origin[b, k], disk, DISK_DR, model.radius, iterations=2)
+    # The fit starts from the base whose disks sit best on the pattern
+    # (least misfit); where the fitted lattice lies nearer another base, a
+    # fit from that base instead (a start a few per cent off converges only
+    # partly).
+    if base is not None:
+        k = base
+    elif model.K > 1:
+        misfit = [model.fit_patterns(x, torch.full_like(k, kk), o0, 1, evaluate_only=True)["misfit"]
+                  for kk in range(model.K)]
+        k = torch.stack(misfit, 1).argmin(1)
+    fit_ = model.fit_patterns(x, k, o0, iterations)
+    G = fit_["A"] @ model.G[k]
+    near = model.distortion(G).argmin(-1)
+    redo = torch.nonzero(near != k)[:, 0]
+    if len(redo):
+        again = model.fit_patterns(x[redo], near[redo], o0[redo], iterations)
+        for key, v in again.items():
+            fit_[key][redo] = v
+        k[redo] = near[redo]
+        G = fit_["A"] @ model.G[k]
+    distortion = model.distortion(G)
+    # Covariance of G = A G_k (row-major): each row of A times G_k.
+    info = fit_["information"].double()
+    info = info + 1e-9 * torch.diagonal(info, dim1=-2, dim2=-1).mean(-1)[:, None, None] * torch.eye(
+        6, dtype=info.dtype, device=device)
+    cov_A = torch.linalg.inv(info)[:, 2:, 2:]
+    Kt = torch.zeros(len(x), 4, 4, dtype=cov_A.dtype, device=device)
+    Gt = model.G[k].transpose(-1, -2).double()
+    Kt[:, :2, :2] = Gt
+    Kt[:, 2:, 2:] = Gt
+    on = fit_["on"][:, 1:]
+    out = dict(G=G, cov=Kt @ cov_A @ Kt.transpose(-1, -2), origin=fit_["origin"], phase=distortion.argmin(-1),
+               probabilities=torch.softmax(-0.5 * (distortion / CLASS_SCALE) ** 2, -1),
+               chi2=fit_["chi2"] / fit_["dof"].clamp_min(1), n_disks=on.sum(1),
+               disk_intensity=torch.where(on, fit_["amplitudes"][:, 1:] * area, torch.nan),
+               background=fit_["background"])
+    return {key: v.cpu().numpy() for key, v in out.items()}
+
+
+def isolated_phases(phase: np.ndarray, min_votes: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Positions whose class most of their eight neighbours (at least
+    ``min_votes`` of them) do not share, agreeing on another instead:
+    ``(rows, cols)`` and that class (N,). ``phase`` (Ry, Rx) int."""
+    Ry, Rx = phase.shape
+    K = int(phase.max()) + 1
+    padded = np.pad(phase, 1, constant_values=-1)
+    votes = np.zeros((Ry, Rx, K), int)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                nb = padded[1 + dy : 1 + dy + Ry, 1 + dx : 1 + dx + Rx]
+                for k in range(K):
+                    votes[..., k] += nb == k
+    major = votes.argmax(-1)
+    flip = (major != phase) & (votes.max(-1) >= min_votes)
+    r, c = np.nonzero(flip)
+    return np.stack([r, c]), major[r, c]
+
+
+class PredictStep:
+    """The CC-ST-AE's per-batch step (see :mod:`stemae.runner`): a trained
+    model maps patterns ``(B, Qy, Qx)`` to :data:`OUTPUTS` (one row per
+    pattern, :func:`_predict_batch` over sub-batches of ``batch_size``) and
+    the diagnostics' per-batch part
+    (:func:`~stemae.strain.diagnostics.batch_statistics`)."""
+
+    signal_ndim = 2
+
+    def __init__(self, model: CCSTAE, *, iterations: int = 4, batch_size: int = 256, device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.iterations, self.batch_size, self.device = iterations, batch_size, device
+        disk = model.disk()
+        r_tab = torch.arange(disk.shape[-1], dtype=torch.float64, device=disk.device) * DISK_DR
+        self.area = ((2 * math.pi * r_tab * disk.double()).sum(-1) * DISK_DR)[model.rows()].float()  # (J,) px
+
+    def results(self) -> dict:
+        shapes = dict(OUTPUTS, probabilities=(self.model.K,), disk_intensity=(self.model.hk.shape[0],))
+        dtypes = {"phase": "i8", "n_disks": "i8"}
+        return {**{k: (s, dtypes.get(k, "f8" if k == "cov" else "f4"), "nav") for k, s in shapes.items()},
+                **statistics_results(self.model.pattern_shape)}
+
+    def __call__(self, patterns: np.ndarray) -> dict[str, np.ndarray]:
+        if tuple(patterns.shape[1:]) != self.model.pattern_shape:
+            raise InputError(f"patterns are {patterns.shape[1]}x{patterns.shape[2]} but the model was trained on "
+                             f"{self.model.pattern_shape[0]}x{self.model.pattern_shape[1]}")
+        x = torch.as_tensor(np.require(patterns, np.float32, ["W"]), device=self.device)
+        parts = [_predict_batch(self.model, x[i : i + self.batch_size], self.iterations, self.area)
+                 for i in range(0, len(x), self.batch_size)]
+        out = {k: np.concatenate([p[k] for p in parts]) for k in OUTPUTS}
+        return {**out, **batch_statistics(patterns, out["origin"], self.model.radius)}
+
+
+def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, device: str = "cpu",
+            progress: bool = False, store=None, fingerprint: dict | None = None, client=None,
+            rows: int | None = None) -> dict[str, np.ndarray]:
+    """Transforms, classes, lattices and their uncertainties for every pattern.
+
+    Per batch (:class:`PredictStep`, mapped by :func:`stemae.runner.run`,
+    in process or on a Dask ``client``, resumable with a ``store``): the
+    central beam, then a likelihood fit
+    (:func:`~stemae.strain.ccstae.likelihood.fit_disk_lattice`, windows gathered again
+    in the first steps, so a start a few pixels off converges) from the
+    base that fits best, or for a sample of many orientations from the
+    base turned by the orientation search. Then, over the whole map: with
+    several bases, a position whose class most of its neighbours do not
+    share (five or more of its eight agreeing on another) is fitted again
+    from their base, and the new fit is kept where it ends nearest that base
+    (at a few electrons per disk a fit started from the wrong phase can stay
+    near it); twice, as a corrected position can leave a neighbour isolated.
+
+    Returns
+    -------
+    dict with ``G`` (Ry, Rx, 2, 2) local reciprocal bases in pixels,
+    ``cov`` (Ry, Rx, 4, 4) their covariance (inverse Fisher information;
+    row-major entries), ``origin`` (Ry, Rx, 2), ``phase`` (Ry, Rx) class
+    index, ``probabilities`` (Ry, Rx, K), ``chi2`` (Ry, Rx) Pearson
+    chi-square per degree of freedom (about 1 where the model fits),
+    ``n_disks`` (Ry, Rx) Bragg disks fitted, ``disk_intensity`` (Ry, Rx, J)
+    each reflection's integrated counts (``model.hk`` order; NaN where its
+    disk is off the detector), ``background`` (Ry, Rx) the diffuse
+    background's scale (counts per pixel where its shape is 1), and the
+    diagnostics ``virtual_bf``, ``virtual_df`` (Ry, Rx), ``mean_pattern``
+    and ``max_pattern`` (Qy, Qx).
+    """
+    Ry, Rx, Qy, Qx = data.shape
+    if (Qy, Qx) != model.pattern_shape:
+        raise InputError(f"patterns are {Qy}x{Qx} but the model was trained on "
+                         f"{model.pattern_shape[0]}x{model.pattern_shape[1]}")
+    step = PredictStep(model, iterations=iterations, batch_size=batch_size, device=device)
+    # Blocks of at least one whole batch (a GPU wants large batches).
+    rows = rows or max(rows_for_budget(data.shape, 32 * 2**20), -(-batch_size // Rx))
+    pred = finish_statistics(run(step, data, store=store, fingerprint=fingerprint, client=client, rows=rows,
+                                 progress=progress, desc="ccstae predict"))
+    tried = np.zeros((Ry, Rx), bool)
+    with torch.no_grad():
+        for _ in range(PHASE_ROUNDS if model.K > 1 else 0):
+            (r, c), major = isolated_phases(pred["phase"])
+            fresh = ~tried[r, c]
+            r, c, major = r[fresh], c[fresh], major[fresh]
+            tried[r, c] = True
+            for i in range(0, len(r), batch_size):
+                sl = slice(i, i + batch_size)
+                x = torch.as_tensor(read_patterns(data, r[sl], c[sl]), device=device)
+                again = _predict_batch(step.model, x, iterations, step.area,
+                                       base=torch.as_tensor(major[sl], device=device))
+                keep = again["phase"] == major[sl]
+                for key, v in again.items():
+                    pred[key][r[sl][keep], c[sl][keep]] = v[keep]
+    return pred
+
+
+def to_strain(pred: dict, reference=None, max_chi2: float | None = None, reference_phase: int | None = None,
+               frame: np.ndarray | None = None, per_phase: bool = False) -> dict:
+    """Strain maps and their uncertainties from :func:`predict` output,
+    relative to a reference region (``reference_phase``: only that
+    phase's positions in it; ``per_phase``: each phase against its own
+    positions in it, or over the whole scan where it has none there), in
+    the axes of ``frame`` (:func:`~stemae.geometry.frame_matrix`; detector
+    axes by default).
+
+    The local bases are relabelled to the lattice-equivalent basis closest to
+    the reference's, so symmetry-equivalent transforms give one answer.
+    Positions with fewer than three disks on the detector, or a chi-square
+    per degree of freedom above ``max_chi2``, are invalid. With
+    ``per_phase``, ``phase_references`` lists each phase's reference basis
+    (detector px) and its strain against the first phase's (the mismatch,
+    in the axes of ``frame`` like the maps).
+    """
+    G0 = pred["G"].astype(np.float64)
+    region = reference_mask(G0.shape[:2], reference)
+    ok = np.isfinite(G0).all(axis=(-1, -2))
+    valid = ok & (pred["n_disks"] >= 3) & np.isfinite(pred["cov"]).all(axis=(-1, -2))
+    if max_chi2 is not None:
+        valid &= pred["chi2"] <= max_chi2
+    if per_phase:
+        groups = [(k, pred["phase"] == k) for k in np.unique(pred["phase"])]
+    else:
+        groups = [(reference_phase, np.ones(G0.shape[:2], bool))]
+    maps, G, mask, refs = {}, np.full_like(G0, np.nan), np.zeros(G0.shape[:2], bool), []
+    for k, members in groups:
+        m = region if k is None else region & (pred["phase"] == k)
+        if per_phase and not (m & valid).any():
+            m = (pred["phase"] == k)
+        if not (m & ok).any():
+            raise ValueError(f"no position of phase {k} lies in the reference region")
+        Gk = align_to_reference(G0, np.median(G0[m & ok], axis=0))
+        covk = relabel_covariance(pred["cov"].astype(np.float64), G0, Gk)
+        mk, G_ref = strain_maps(Gk, m, valid, cov=covk, frame=frame)
+        for name, v in mk.items():
+            maps.setdefault(name, np.full(v.shape, np.nan, np.float32))[members] = v[members]
+        G[members] = Gk[members]
+        mask |= m
+        refs.append((k, G_ref))
+    out = dict(maps)
+    if per_phase:
+        # The mismatch in the maps' axes (distortion removed, frame turned),
+        # like the maps themselves; the bases stay in detector pixels.
+        M = np.eye(2) if frame is None else frame
+        G_first = M @ refs[0][1]
+        out["phase_references"] = [
+            {"phase": int(k), "basis_px": G_ref.tolist(),
+             "mismatch": {n: float(v) for n, v in strain_from_deformation(
+                 deformation_from_reciprocal(M @ G_ref, G_first)).items()}} for k, G_ref in refs]
+    out.update(reference=mask, valid=valid, g1=G[..., :, 0].astype(np.float32),
+               g2=G[..., :, 1].astype(np.float32), origin=pred["origin"].astype(np.float32), g_ref=refs[0][1],
+               phase=pred["phase"], probabilities=pred["probabilities"].astype(np.float32),
+               chi2=pred["chi2"].astype(np.float32), n_disks=pred["n_disks"].astype(np.int16),
+               disk_intensity=pred["disk_intensity"].astype(np.float32),
+               background=pred["background"].astype(np.float32), **{k: pred[k] for k in DIAGNOSTICS if k in pred})
+    return out
