@@ -36,10 +36,19 @@ def batch_statistics(patterns: np.ndarray, origin: np.ndarray, radius: float) ->
     origin = np.asarray(origin, np.float64)
     fallback = np.nanmedian(origin, 0) if np.isfinite(origin).any() else np.array([Qx, Qy]) / 2
     o = np.where(np.isfinite(origin), origin, fallback).astype(np.float32)
-    yy, xx = np.mgrid[0:Qy, 0:Qx].astype(np.float32)
-    r2 = (xx - o[:, 0, None, None]) ** 2 + (yy - o[:, 1, None, None]) ** 2
-    return {"virtual_bf": (patterns * (r2 <= radius**2)).sum((1, 2)).astype(np.float32),
-            "virtual_df": (patterns * (r2 >= (DARK_FIELD_INNER * radius) ** 2)).sum((1, 2)).astype(np.float32),
+    # Only the pixels near each central beam: the dark field is the total
+    # less the counts within DARK_FIELD_INNER radii.
+    h = int(np.ceil(DARK_FIELD_INNER * radius)) + 1
+    off = np.arange(-h, h + 1)
+    base = np.round(o).astype(np.int64)
+    px = base[:, 0, None, None] + off[None, None, :]  # (B, 1, n)
+    py = base[:, 1, None, None] + off[None, :, None]  # (B, n, 1)
+    inside = (px >= 0) & (px < Qx) & (py >= 0) & (py < Qy)
+    near = patterns[np.arange(B)[:, None, None], py.clip(0, Qy - 1), px.clip(0, Qx - 1)] * inside
+    r2 = (px - o[:, 0, None, None]) ** 2 + (py - o[:, 1, None, None]) ** 2
+    total = patterns.sum((1, 2), dtype=np.float64)
+    return {"virtual_bf": (near * (r2 <= radius**2)).sum((1, 2)).astype(np.float32),
+            "virtual_df": (total - (near * (r2 < (DARK_FIELD_INNER * radius) ** 2)).sum((1, 2))).astype(np.float32),
             "pattern_sum": patterns.sum(0, dtype=np.float64), "pattern_max": patterns.max(0)}
 
 
