@@ -200,7 +200,9 @@ def run(step, data, *, store=None, fingerprint: dict | None = None, rows: int | 
     todo = [i for i in range(len(starts)) if root is None or not root["done"][i]]
     if done and progress:
         tqdm.write(f"resuming: {done} of {len(starts)} blocks were mapped before ({store})")
-    bar = tqdm(total=nav[0] * per_row, initial=(len(starts) - len(todo)) * rows * per_row, unit="item", desc=desc,
+    size = [min(r0 + rows, nav[0]) - r0 for r0 in starts]  # scan rows of each block
+    bar = tqdm(total=nav[0] * per_row, initial=(nav[0] - sum(size[i] for i in todo)) * per_row,
+               unit="pattern" if len(nav) == 2 else "frame", desc=desc,
                disable=not progress, leave=False)
     results = {}
     if root is None:
@@ -217,7 +219,7 @@ def run(step, data, *, store=None, fingerprint: dict | None = None, rows: int | 
 
     if client is None:
         for i in todo:
-            r0, r1 = starts[i], min(starts[i] + rows, nav[0])
+            r0, r1 = starts[i], starts[i] + size[i]
             out = apply_block(step, read_block(data, r0, r1))
             if root is None:
                 keep(i, out)
@@ -240,7 +242,7 @@ def run(step, data, *, store=None, fingerprint: dict | None = None, rows: int | 
             out = fut.result()
             if root is None:
                 keep(i, out)
-            bar.update((min(starts[i] + rows, nav[0]) - starts[i]) * per_row)
+            bar.update(size[i] * per_row)
     bar.close()
     if root is not None:
         results = {k: (root[k][...] if kind == "nav" else list(root[k][...])) for k, (_, _, kind) in spec.items()}
