@@ -237,8 +237,9 @@ def run(step, data, *, store=None, fingerprint: dict | None = None, rows: int | 
         task = dask.delayed(_block_task, pure=False)
         futures = client.compute([task(step_f, blocks[i], i, starts[i], None if store is None else str(store))
                                   for i in todo])
+        block_of = {f.key: i for f, i in zip(futures, todo)}
         for fut in as_completed(futures):
-            i = todo[futures.index(fut)]
+            i = block_of[fut.key]
             out = fut.result()
             if root is None:
                 keep(i, out)
