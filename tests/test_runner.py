@@ -111,6 +111,9 @@ def test_a_killed_run_resumes_to_the_same_results(tmp_path):
     assert not (killed / "strain.zarr").exists()
     with pytest.raises(InputError, match="incomplete run.*run the same command again"):
         read_results(partial)
+    r = subprocess.run([cmd[0], "show", str(data), "--results", str(killed), "--at", "0,0"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "holds an interrupted run" in r.stderr and "run the same command again" in r.stderr
     r = subprocess.run(cmd + ["--out", str(killed)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert partial_status(partial) is None and not partial.exists()

@@ -84,8 +84,18 @@ def _frame_options(strain_axis: float, scan_rotation: float, flip: bool) -> dict
 
 
 def _strain_store(results: Path) -> Path:
-    """A results folder's ``strain.zarr``, or the store itself."""
-    return results if results.suffix == ".zarr" else results / "strain.zarr"
+    """A results folder's ``strain.zarr``, or the store itself; a folder
+    that holds only an interrupted run is refused with how to resume it."""
+    if results.suffix == ".zarr":
+        return results
+    from stemae.runner import partial_status
+    from stemae.strain.run import PARTIAL
+
+    kept = partial_status(results / PARTIAL)
+    if not (results / "strain.zarr").exists() and kept is not None:
+        _fail(InputError(f"{results} holds an interrupted run ({kept[0]} of {kept[1]} blocks mapped), no results yet; "
+                         "run the same command again to resume it"))
+    return results / "strain.zarr"
 
 
 def _check_output(path: Path, kind: str = "folder", replaceable: Optional[str] = None) -> None:
