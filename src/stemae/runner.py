@@ -37,7 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from stemae.data.blocks import not_finite_message, rows_for_budget
-from stemae.data.results import PARTIAL_KIND
+from stemae.data.results import PARTIAL_KIND, store_kind
 from stemae.errors import InputError
 
 MERGES = {"sum": np.add, "max": np.maximum}
@@ -88,39 +88,40 @@ def _layout(step, nav, rows) -> dict:
             "results": {k: [list(map(int, s)), np.dtype(d).str, kind] for k, (s, d, kind) in step.results().items()}}
 
 
-def open_partial(path, step, nav, rows: int, fingerprint: dict) -> tuple[object, int]:
-    """The partial store at ``path`` for this run: reopened when it belongs to
-    the same run (same fingerprint and layout), else made afresh (a partial
-    store of another run is replaced; anything else there is refused).
-    Returns ``(zarr group, blocks already done)``."""
+def _buffers(step, nav, rows: int) -> dict[str, tuple[tuple, tuple, str]]:
+    """Every result's buffer as ``(shape, chunks, dtype)``: ``"nav"``
+    results over the scan, chunked by block; merged ones one row per block
+    (combined in block order at the end); and ``done``, one mark per block."""
+    n_blocks = math.ceil(nav[0] / rows)
+    out = {}
+    for name, (shape, dtype, kind) in step.results().items():
+        lead, chunk = ((tuple(nav), (rows,) + tuple(nav[1:])) if kind == "nav" else ((n_blocks,), (1,)))
+        out[name] = (lead + tuple(shape), chunk + tuple(shape), dtype)
+    out["done"] = ((n_blocks,), (1,), "u1")
+    return out
+
+
+def open_partial(path, step, nav, rows: int, fingerprint: dict):
+    """The partial store at ``path`` for this run (a zarr group holding
+    :func:`_buffers`): reopened when it belongs to the same run (same
+    fingerprint and layout), else made afresh (a partial store of another
+    run is replaced; anything else there is refused)."""
     import zarr
 
     path = Path(path)
     layout = _layout(step, nav, rows)
-    n_blocks = math.ceil(nav[0] / rows)
     if path.exists():
-        try:
-            old = zarr.open_group(str(path), mode="r+")
-            kind = old.attrs.get("kind")
-        except Exception:
-            kind = None
-        if kind != PARTIAL_KIND:
+        if store_kind(path) != PARTIAL_KIND:
             raise InputError(f"{path} exists and is not a stemae partial store; refusing to overwrite it")
+        old = zarr.open_group(str(path), mode="r+")
         if old.attrs.get("fingerprint") == _canonical(fingerprint) and old.attrs.get("layout") == layout:
-            return old, int(np.asarray(old["done"][...]).sum())
+            return old
         shutil.rmtree(path)
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     root.attrs.update({"kind": PARTIAL_KIND, "fingerprint": _canonical(fingerprint), "layout": layout})
-    for name, (shape, dtype, kind) in step.results().items():
-        if kind == "nav":
-            full = tuple(nav) + tuple(shape)
-            chunks = (rows,) + full[1:]
-        else:
-            full = (n_blocks,) + tuple(shape)
-            chunks = (1,) + tuple(shape)
-        root.create_array(name, shape=full, chunks=chunks, dtype=dtype, fill_value=0)
-    root.create_array("done", shape=(n_blocks,), chunks=(1,), dtype="u1", fill_value=0)
-    return root, 0
+    for name, (shape, chunks, dtype) in _buffers(step, nav, rows).items():
+        root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+    return root
 
 
 def _canonical(fingerprint: dict) -> dict:
@@ -131,18 +132,18 @@ def partial_status(path) -> tuple[int, int] | None:
     """``(blocks done, blocks)`` of a partial store at ``path``, None if there is none."""
     import zarr
 
-    try:
-        root = zarr.open_group(str(path), mode="r")
-        if root.attrs.get("kind") != PARTIAL_KIND:
-            return None
-        done = np.asarray(root["done"][...])
-        return int(done.sum()), len(done)
-    except Exception:
+    if store_kind(Path(path)) != PARTIAL_KIND:
         return None
+    try:
+        done = np.asarray(zarr.open_group(str(path), mode="r")["done"][...])
+    except KeyError:  # a store still being laid out
+        return None
+    return int(done.sum()), len(done)
 
 
 def _write_block(root, step, i: int, r0: int, out: dict) -> None:
-    """One block's results into the partial store, then its done mark."""
+    """One block's results into its buffers (a partial store or arrays in
+    memory, see :func:`_buffers`), then its done mark."""
     for name, (_, _, kind) in step.results().items():
         v = out[name]
         if kind == "nav":
@@ -192,40 +193,22 @@ def run(step, data, *, store=None, fingerprint: dict | None = None, rows: int | 
     nav = _check_step(step, tuple(data.shape))
     rows = rows or rows_for_budget(data.shape, 32 * 2**20)
     starts = list(range(0, nav[0], rows))
-    per_row = int(np.prod(nav[1:], dtype=np.int64)) if len(nav) > 1 else 1
-    spec = step.results()
-    root, done = (None, 0)
-    if store is not None:
-        root, done = open_partial(store, step, nav, rows, fingerprint or {})
-    todo = [i for i in range(len(starts)) if root is None or not root["done"][i]]
-    if done and progress:
-        tqdm.write(f"resuming: {done} of {len(starts)} blocks were mapped before ({store})")
     size = [min(r0 + rows, nav[0]) - r0 for r0 in starts]  # scan rows of each block
+    per_row = int(np.prod(nav[1:], dtype=np.int64)) if len(nav) > 1 else 1
+    if store is None:
+        target = {name: np.zeros(shape, dtype) for name, (shape, _, dtype) in _buffers(step, nav, rows).items()}
+    else:
+        target = open_partial(store, step, nav, rows, fingerprint or {})
+    done = np.asarray(target["done"][...]).astype(bool)
+    todo = [int(i) for i in np.flatnonzero(~done)]
+    if done.any() and progress:
+        tqdm.write(f"resuming: {int(done.sum())} of {len(starts)} blocks were mapped before ({store})")
     bar = tqdm(total=nav[0] * per_row, initial=(nav[0] - sum(size[i] for i in todo)) * per_row,
-               unit="pattern" if len(nav) == 2 else "frame", desc=desc,
-               disable=not progress, leave=False)
-    results = {}
-    if root is None:
-        results = {k: np.zeros(tuple(nav) + tuple(s), d) if kind == "nav" else [None] * len(starts)
-                   for k, (s, d, kind) in spec.items()}
-
-    def keep(i, out):
-        r0 = starts[i]
-        for k, (_, _, kind) in spec.items():
-            if kind == "nav":
-                results[k][r0 : r0 + len(out[k])] = out[k]
-            else:
-                results[k][i] = out[k]
-
+               unit="pattern" if len(nav) == 2 else "frame", desc=desc, disable=not progress, leave=False)
     if client is None:
         for i in todo:
-            r0, r1 = starts[i], starts[i] + size[i]
-            out = apply_block(step, read_block(data, r0, r1))
-            if root is None:
-                keep(i, out)
-            else:
-                _write_block(root, step, i, r0, out)
-            bar.update((r1 - r0) * per_row)
+            _write_block(target, step, i, starts[i], apply_block(step, read_block(data, starts[i], starts[i] + size[i])))
+            bar.update(size[i] * per_row)
     else:
         import dask
         import dask.array as da
@@ -240,20 +223,14 @@ def run(step, data, *, store=None, fingerprint: dict | None = None, rows: int | 
         block_of = {f.key: i for f, i in zip(futures, todo)}
         for fut in as_completed(futures):
             i = block_of[fut.key]
-            out = fut.result()
-            if root is None:
-                keep(i, out)
+            if store is None:  # the worker returned its results
+                _write_block(target, step, i, starts[i], fut.result())
+            else:
+                fut.result()  # raises the worker's error
             bar.update(size[i] * per_row)
     bar.close()
-    if root is not None:
-        results = {k: (root[k][...] if kind == "nav" else list(root[k][...])) for k, (_, _, kind) in spec.items()}
-    for k, (_, _, kind) in spec.items():
-        if kind != "nav":
-            merged = results[k][0]
-            for part in results[k][1:]:
-                merged = MERGES[kind](merged, part)
-            results[k] = np.asarray(merged)
-    return results
+    return {name: (np.asarray(target[name][...]) if kind == "nav" else MERGES[kind].reduce(target[name][...], axis=0))
+            for name, (_, _, kind) in step.results().items()}
 
 
 def remove_partial(path) -> None:

@@ -155,7 +155,7 @@ def write_results(path, arrays: dict, attrs: dict | None = None) -> Path:
     return path
 
 
-def _kind(path: Path) -> str | None:
+def store_kind(path) -> str | None:
     """The ``kind`` attribute of the zarr group at ``path`` (None if it is none)."""
     import zarr
 
@@ -166,7 +166,7 @@ def _kind(path: Path) -> str | None:
 
 
 def _is_results(path: Path) -> bool:
-    return _kind(path) == RESULTS_KIND
+    return store_kind(path) == RESULTS_KIND
 
 
 def read_results(path) -> tuple[dict[str, np.ndarray], dict]:
@@ -176,7 +176,7 @@ def read_results(path) -> tuple[dict[str, np.ndarray], dict]:
 
     path = Path(path)
     if not _is_results(path):
-        if _kind(path) == PARTIAL_KIND:
+        if store_kind(path) == PARTIAL_KIND:
             raise InputError(f"{path}: an incomplete run, not results; run the same command again to resume it")
         raise InputError(f"{path}: not a stemae results store")
     root = zarr.open_group(str(path), mode="r")

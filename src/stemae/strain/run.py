@@ -67,10 +67,15 @@ def _mapping(datacube: Datacube, out_dir, bundle: dict | None, client, rows: int
     the run)."""
     out = {"data": lazy(datacube) if client is not None else datacube.data, "client": client, "rows": rows}
     if bundle is not None:
-        out.update(store=Path(out_dir) / PARTIAL,
-                   fingerprint={"input": datacube.source, "shape": list(datacube.data.shape),
-                                "bundle": bundle["weights_sha256"], "stemae_version": __version__})
+        out.update(store=Path(out_dir) / PARTIAL, fingerprint=_fingerprint(datacube, bundle))
     return out
+
+
+def _fingerprint(datacube: Datacube, bundle: dict) -> dict:
+    """What identifies a mapping run: the input, its shape, the bundle's
+    weights (:func:`~stemae.nn.bundle.bundle_provenance`) and the version."""
+    return {"input": datacube.source, "shape": list(datacube.data.shape), "bundle": bundle["weights_sha256"],
+            "stemae_version": __version__}
 
 
 def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, reference_phase: int | None = None,
@@ -136,10 +141,9 @@ def _resumable_model(out_dir: Path, datacube: Datacube, settings: dict):
         return None
     import zarr
 
-    seen = zarr.open_group(str(out_dir / PARTIAL), mode="r").attrs.get("fingerprint", {})
+    seen = zarr.open_group(str(out_dir / PARTIAL), mode="r").attrs.get("fingerprint")
     record = load_bundle(path, ccstae.KIND)[0]["training"]
-    same = (seen.get("input") == datacube.source and seen.get("shape") == list(datacube.data.shape)
-            and seen.get("bundle") == bundle_provenance(path)["weights_sha256"]
+    same = (seen == _fingerprint(datacube, bundle_provenance(path))
             and all(record.get(k) == v for k, v in settings.items()))
     return (path, record) if same else None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -16,12 +17,7 @@ from stemae.geometry import (
     rotation_matrix,
 )
 from stemae.strain.ccstae.likelihood import fit_central_beam, fit_disk_lattice
-from stemae.strain.ccstae.model import (
-    KEEP_INFORMATION,
-    NOISE_FLOOR,
-    SEARCH_TURN,
-    TURN_MARGIN,
-)
+from stemae.strain.ccstae.model import NOISE_FLOOR, SEARCH_TURN
 from stemae.strain.disks import estimate_probe, find_disks
 from stemae.strain.lattice import align_to_reference, fit_lattice
 from stemae.strain.lattice import orientation_search as index_search
@@ -41,6 +37,9 @@ from stemae.strain.profiles import (
     ring_median_background,
     shell_profiles,
 )
+
+TURN_MARGIN = math.radians(3.0)  # orientation search reaches this beyond the training sample's spread
+KEEP_INFORMATION = 0.995  # share of each base's strain information the kept reflections hold
 
 
 def _refine_bases(G: np.ndarray, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -28,11 +28,8 @@ KIND = "ccstae"
 PROFILES = ("template", "voigt")
 CLASS_SCALE = 0.01  # distortion (log-stretch norm) that halves a class's weight, about 1 %
 N_OUT = 7  # log_sx, log_sy, shear, cos, sin, tx, ty
-TURN_MARGIN = math.radians(3.0)  # orientation search reaches this beyond the training sample's spread
 NOISE_FLOOR = 0.05  # smallest model value (counts) in Poisson weights
-PHASE_ROUNDS = 2  # passes of refitting positions whose neighbours hold another phase
 SEARCH_TURN = math.radians(10.0)  # bundles whose training rotations span more search every pattern's orientation
-KEEP_INFORMATION = 0.995  # share of each base's strain information the kept reflections hold
 
 
 

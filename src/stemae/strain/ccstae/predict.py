@@ -17,7 +17,7 @@ from stemae.geometry import (
 )
 from stemae.runner import run
 from stemae.strain.ccstae.likelihood import fit_central_beam
-from stemae.strain.ccstae.model import CCSTAE, CLASS_SCALE, PHASE_ROUNDS
+from stemae.strain.ccstae.model import CCSTAE, CLASS_SCALE
 from stemae.strain.diagnostics import (
     DIAGNOSTICS,
     batch_statistics,
@@ -29,6 +29,7 @@ from stemae.strain.profiles import DISK_DR
 
 OUTPUTS = {"G": (2, 2), "cov": (4, 4), "origin": (2,), "phase": (), "probabilities": None, "chi2": (),
            "n_disks": (), "disk_intensity": None, "background": ()}
+PHASE_ROUNDS = 2  # passes of refitting positions whose neighbours hold another phase
 
 
 @torch.no_grad()
