@@ -882,6 +882,58 @@ def fit_ellipse(
 
 
 @app.command()
+def serve(
+    repository: Path = typer.Argument(..., metavar="MODEL_REPOSITORY",
+                                      help="Folder laid out as NAME/VERSION/, each holding a stemae bundle."),
+    host: Annotated[str, typer.Option(metavar="HOST", help="Address to listen on (0.0.0.0 in a container).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="HTTP port.")] = 8000,
+    max_batch: Annotated[int, typer.Option(metavar="N", help="Items per step call and per request.")] = 256,
+    max_delay_ms: Annotated[float, typer.Option(
+        metavar="MS", help="How long a request waits for others to join its batch.")] = 5.0,
+    max_body_mb: Annotated[float, typer.Option(metavar="MB", help="Largest request body, MiB.")] = 256.0,
+    token_file: Annotated[Optional[Path], typer.Option(
+        metavar="FILE", help="File holding a bearer token that every request but probes and /metrics must carry "
+                             "(or set STEMAE_SERVE_TOKEN).")] = None,
+    graceful_s: Annotated[float, typer.Option(
+        metavar="SECONDS", help="On SIGTERM, how long requests in flight may take to finish.")] = 30.0,
+    device: DeviceOpt = "cpu",
+):
+    """Serve the bundles of a model repository over the Open Inference Protocol (KServe v2, HTTP, JSON and
+    binary tensors) with dynamic batching and Prometheus metrics at /metrics. Needs the `serve` extra."""
+    import os
+
+    from stemae.nn.device import resolve_device
+
+    try:
+        from stemae.serve.app import Settings, serve as run_server
+        from stemae.serve.models import repository_layout
+    except ImportError as e:
+        _fail(InputError(f"stemae serve needs the serve extra (pip install 'stemae[serve]'): {e}"))
+    try:
+        for name, value in (("--max-batch", max_batch), ("--max-body-mb", max_body_mb), ("--port", port)):
+            if value <= 0:
+                raise InputError(f"{name} must be positive, got {value}")
+        if max_delay_ms < 0:
+            raise InputError(f"--max-delay-ms must be at least 0, got {max_delay_ms}")
+        token = os.environ.get("STEMAE_SERVE_TOKEN") or None
+        if token_file is not None:
+            try:
+                token = token_file.read_text().strip()
+            except OSError as e:
+                raise InputError(f"cannot read --token-file: {e}") from None
+            if not token:
+                raise InputError(f"{token_file} is empty; a bearer token is needed")
+        layout = repository_layout(repository)
+    except InputError as e:
+        _fail(e)
+    for name, version, _, kind in layout:
+        typer.echo(f"model {name} version {version}: {kind}")
+    typer.echo(f"serving on http://{host}:{port}/v2 (ready at /v2/health/ready once the models are loaded)")
+    run_server(Settings(str(repository), max_batch, max_delay_ms / 1e3, int(max_body_mb * 2**20), token,
+                        resolve_device(device)), host, port, graceful_s)
+
+
+@app.command()
 def info(
     input: Path = typer.Argument(..., metavar="INPUT", help="Datacube file."),
     dataset: DatasetOpt = None,

@@ -255,12 +255,14 @@ def find_disks(
 
     bi, ni = np.nonzero(keep)
     yx = np.stack([py[bi, ni], px[bi, ni]], -1)
-    if refine == "xcorr":
-        xy = refine_xcorr(patterns, bi, yx, radius, edge=edge)
-    elif refine == "com":
-        xy = refine_com(patterns, bi, yx, radius)
-    else:
+    if refine not in ("xcorr", "com"):
         raise ValueError(f"refine must be 'xcorr' or 'com', got {refine!r}")
+    if not len(bi):  # blank patterns: no peak anywhere
+        xy = np.zeros((0, 2))
+    elif refine == "xcorr":
+        xy = refine_xcorr(patterns, bi, yx, radius, edge=edge)
+    else:
+        xy = refine_com(patterns, bi, yx, radius)
     positions = np.full((B, k, 2), np.nan)
     positions[bi, ni] = xy
     intensity = np.where(keep, val, 0.0)

@@ -68,7 +68,8 @@ def _predict_batch(model: CCSTAE, x: torch.Tensor, iterations: int, area: torch.
     info = fit_["information"].double()
     info = info + 1e-9 * torch.diagonal(info, dim1=-2, dim2=-1).mean(-1)[:, None, None] * torch.eye(
         6, dtype=info.dtype, device=device)
-    cov_A = torch.linalg.inv(info)[:, 2:, 2:]
+    inverse, singular = torch.linalg.inv_ex(info)  # singular: a blank pattern carries no information
+    cov_A = torch.where(singular[:, None, None] != 0, torch.nan, inverse)[:, 2:, 2:]
     Kt = torch.zeros(len(x), 4, 4, dtype=cov_A.dtype, device=device)
     Gt = model.G[k].transpose(-1, -2).double()
     Kt[:, :2, :2] = Gt
