@@ -109,3 +109,18 @@ def test_polycrystal_in_any_orientation():
     err = strain_errors(m, truth_strain_maps(sim.truth, ref, m["g_ref"], like=G), m["valid"])
     assert m["valid"].mean() > 0.95
     assert err["e_xx"] < 1e-3 and err["e_yy"] < 1e-3 and err["theta"] < 0.05
+
+
+def test_a_blank_pattern_is_an_invalid_position_not_an_error(fitted, uniform):
+    """A pattern with no counts (a blanked beam, a dropped frame) carries no
+    information: its covariance is NaN and its strain invalid, while the
+    other patterns of its batch are mapped as without it."""
+    data = np.array(uniform[0].data[:4, :4])
+    before = ccstae.predict(fitted[0], data)
+    data[1, 2] = 0
+    after = ccstae.predict(fitted[0], data)
+    assert not np.isfinite(after["cov"][1, 2]).any()
+    assert not ccstae.to_strain(after, reference=((0, 4), (0, 4)))["valid"][1, 2]
+    others = np.ones((4, 4), bool)
+    others[1, 2] = False
+    np.testing.assert_array_equal(after["G"][others], before["G"][others])

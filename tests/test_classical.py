@@ -103,3 +103,15 @@ def test_find_disks_returns_central_beam_first_class():
     d = find_disks(sim.data.reshape(2, 100, 100), sim.radius, (50, 50))
     c = d["positions"][np.arange(2), d["central"]]
     np.testing.assert_allclose(c, sim.truth["origin"].reshape(2, 2), atol=0.02)
+
+
+def test_blank_patterns_find_no_disks(hetero):
+    """A batch of blank patterns finds no disks instead of failing."""
+    from stemae.strain.classical import ClassicalStep, fit_state
+
+    step = ClassicalStep(fit_state(hetero.data[:8, :8], method="xcorr"), hetero.data.shape[2:])
+    patterns = np.array(hetero.data[0, :4], np.float32)
+    patterns[1] = 0
+    out = step(patterns)
+    assert out["n_disks"][1] == 0 and not out["valid"][1] and out["valid"][[0, 2, 3]].all()
+    assert not step(np.zeros((2,) + patterns.shape[1:], np.float32))["valid"].any()

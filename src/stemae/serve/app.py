@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from stemae import __version__
 from stemae.serve.batching import Batcher
@@ -66,6 +66,8 @@ class Metrics:
         self.latency = Histogram("stemae_inference_latency_seconds", "Inference request latency, seconds",
                                  ["model", "version"], registry=r,
                                  buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+        self.in_flight = Gauge("stemae_inference_in_flight", "Inference requests being read, queued or mapped",
+                               ["model", "version"], registry=r)
         self.batch = Histogram("stemae_batch_items", "Items per step call after dynamic batching",
                                ["model", "version"], registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
         self.queue = Histogram("stemae_queue_seconds", "Time a request waited for its batch to start, seconds",
@@ -181,6 +183,10 @@ def create_app(settings: Settings) -> FastAPI:
         model = _model(name, version)
         labels = (model.name, model.version)
         started = time.perf_counter()
+        with metrics.in_flight.labels(*labels).track_inprogress():
+            return await _infer(model, labels, request, started)
+
+    async def _infer(model: Model, labels: tuple[str, str], request: Request, started: float) -> Response:
         body = bytearray()
         async for chunk in request.stream():
             body += chunk

@@ -74,7 +74,7 @@ def decode_request(body: bytes, header_length: int | None, model: Model, max_bat
                 or any(want != -1 and got != want for got, want in zip(shape, spec.shape))):
             raise ProtocolError(f"input {spec.name!r} has shape {list(spec.shape)} (-1: any batch), got {shape}")
         if shape[0] > max_batch:
-            raise ProtocolError(f"a request holds at most {max_batch} items, got {shape[0]}")
+            raise ProtocolError(f"a request holds at most {max_batch} items (the limit), got {shape[0]}", 413)
         dtype = np.dtype(DATATYPES[spec.datatype])
         count = int(np.prod(shape))
         if size is not None:

@@ -1,0 +1,88 @@
+"""Helpers of the server tests and benchmark: a model repository of every
+bundle kind made with the simulators, and real `stemae serve` processes on
+loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+
+def make_repository(repo: Path) -> dict:
+    """``repo/strain/{1,2}`` (a CC-ST-AE, two versions), ``repo/xcorr/1`` (a
+    classical state) and ``repo/domains/1`` from simulated data; returns
+    the data: ``patterns`` (144, 64, 64) and ``images`` (2, 256, 256)."""
+    from stemae.domains import model as ae
+    from stemae.domains.run import map_domains
+    from stemae.simulate import heterostructure
+    from stemae.simulate.domains import simulate_domain_images
+    from stemae.strain import ccstae, classical
+
+    sim = heterostructure((12, 12), (64, 64), dose=1e5, seed=2)
+    model, _ = ccstae.fit(sim.data, n_classes=2, epochs=1, n_train=144, seed=0)
+    ccstae.save(model, repo / "strain" / "1")
+    shutil.copytree(repo / "strain" / "1", repo / "strain" / "2")
+    classical.save_state(classical.fit_state(sim.data, method="xcorr"), repo / "xcorr" / "1", sim.data.shape[2:])
+    images = simulate_domain_images(2, shape=(256, 256), n_regions=3, seed=1).images
+    _, info, domains = map_domains(images, epochs=2, seed=0)
+    ae.save_model(repo / "domains" / "1", domains, {"window": info["window"], "stride": info["stride"],
+                                                    "type_angles": info["type_angles"]})
+    return {"patterns": sim.data.reshape(-1, 64, 64).astype(np.float32), "images": images}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A `stemae serve` process on loopback, ready when constructed."""
+
+    def __init__(self, repo: Path, *args: str, env: dict | None = None, log: Path | None = None,
+                 timeout: float = 120.0):
+        self.port = free_port()
+        self.url = f"127.0.0.1:{self.port}"
+        exe = Path(sys.executable).parent / "stemae"
+        self.log = open(log or os.devnull, "wb")
+        self.proc = subprocess.Popen([str(exe), "serve", str(repo), "--port", str(self.port), *args],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"stemae serve exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("stemae serve did not become ready")
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.log.close()
+
+    def metric(self, name: str, **labels) -> float:
+        """The sum of a Prometheus sample over the series matching ``labels``."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://{self.url}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
