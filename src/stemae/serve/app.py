@@ -9,11 +9,13 @@ once every model of the repository is loaded and answered a warm-up call.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -21,6 +23,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.datastructures import Headers
 
 from stemae import __version__
 from stemae.serve.batching import Batcher
@@ -75,8 +78,53 @@ class Metrics:
                                buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5))
 
 
-def _error(status: int, message: str, request_id: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status, headers={"X-Request-ID": request_id})
+def _error(status: int, message: str) -> JSONResponse:
+    """The protocol's error body."""
+    return JSONResponse({"error": message}, status)
+
+
+class Guard:
+    """ASGI middleware in front of every route: a request id (the client's
+    ``X-Request-ID`` or a new one, echoed in the response), the bearer
+    token, the body limit from ``Content-Length``, the request counter and
+    one structured log line per request. Plain ASGI, so request bodies
+    stream through it untouched."""
+
+    def __init__(self, app, settings: Settings, metrics: Metrics):
+        self.app, self.settings, self.metrics = app, settings, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        headers = Headers(scope=scope)
+        request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = [500]
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        token, length = self.settings.token, headers.get("content-length")
+        if token is not None and scope["path"] not in OPEN_PATHS and not hmac.compare_digest(
+                headers.get("authorization", "").encode(), f"Bearer {token}".encode()):
+            response = _error(401, "a valid 'Authorization: Bearer TOKEN' header is needed")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            await response(scope, receive, send_with_id)
+        elif length is not None and (not length.isdigit() or int(length) > self.settings.max_body):
+            await _error(413, f"the body is over the limit of {self.settings.max_body} bytes")(
+                scope, receive, send_with_id)
+        else:
+            await self.app(scope, receive, send_with_id)
+        route = scope.get("route")
+        self.metrics.requests.labels(scope["method"], route.path if route is not None else "unmatched",
+                                     str(status[0])).inc()
+        log.info(json.dumps({"event": "request", "request_id": request_id, "method": scope["method"],
+                             "path": scope["path"], "status": status[0],
+                             "ms": round(1e3 * (time.perf_counter() - started), 3)}))
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -86,12 +134,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        models = load_repository(settings.repository, settings.device)
+        # One thread loads, warms up and runs every model (see stemae.serve.batching).
+        executor = ThreadPoolExecutor(1, thread_name_prefix="stemae-step")
+        loop = asyncio.get_running_loop()
+        models = await loop.run_in_executor(executor, load_repository, settings.repository, settings.device)
         for name, versions in models.items():
             for version, model in versions.items():
-                model(np.zeros((1, *model.inputs[0].shape[1:]), np.float32))  # warm-up
+                await loop.run_in_executor(executor, model, np.zeros((1, *model.inputs[0].shape[1:]), np.float32))
                 labels = (name, version)
-                batcher = Batcher(model, settings.max_batch, settings.max_delay,
+                batcher = Batcher(model, settings.max_batch, settings.max_delay, executor,
                                   lambda n, waits, labels=labels: _observe(labels, n, waits))
                 batcher.start()
                 state["batchers"][labels] = batcher
@@ -102,6 +153,7 @@ def create_app(settings: Settings) -> FastAPI:
         state["ready"] = False
         for batcher in state["batchers"].values():
             await batcher.close()
+        executor.shutdown(wait=True)
         log.info(json.dumps({"event": "stopped"}))
 
     def _observe(labels, n, waits):
@@ -111,33 +163,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="stemae inference server", version=__version__, lifespan=lifespan)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
-        request.state.request_id = request_id
-        started = time.perf_counter()
-        if settings.token is not None and request.url.path not in OPEN_PATHS:
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
-                response = _error(401, "a valid 'Authorization: Bearer TOKEN' header is needed", request_id)
-                response.headers["WWW-Authenticate"] = "Bearer"
-                return _finish(request, response, started)
-        length = request.headers.get("Content-Length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body):
-            return _finish(request, _error(413, f"the body is over the limit of {settings.max_body} bytes",
-                                           request_id), started)
-        response = await call_next(request)
-        response.headers["X-Request-ID"] = request_id
-        return _finish(request, response, started)
-
-    def _finish(request: Request, response: Response, started: float) -> Response:
-        route = request.scope.get("route")
-        path = route.path if route is not None else "unmatched"
-        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        log.info(json.dumps({"event": "request", "request_id": request.state.request_id, "method": request.method,
-                             "path": request.url.path, "status": response.status_code,
-                             "ms": round(1e3 * (time.perf_counter() - started), 3)}))
-        return response
+    app.add_middleware(Guard, settings=settings, metrics=metrics)
 
     def _model(name: str, version: str | None) -> Model:
         versions = state["models"].get(name)
@@ -151,7 +177,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(ProtocolError)
     async def protocol_error(request: Request, e: ProtocolError):
-        return _error(e.status, str(e), request.state.request_id)
+        return _error(e.status, str(e))
 
     @app.get("/v2")
     async def server_metadata():
@@ -206,7 +232,7 @@ def create_app(settings: Settings) -> FastAPI:
             metrics.inferences.labels(*labels, "failed").inc()
             log.exception(json.dumps({"event": "infer_failed", "request_id": request.state.request_id,
                                       "model": model.name}))
-            return _error(500, f"inference failed: {type(e).__name__}: {e}", request.state.request_id)
+            return _error(500, f"inference failed: {type(e).__name__}: {e}")
         metrics.inferences.labels(*labels, "ok").inc()
         metrics.latency.labels(*labels).observe(time.perf_counter() - started)
         if head is None:
