@@ -73,6 +73,9 @@ class Metrics:
                                ["model", "version"], registry=r)
         self.batch = Histogram("stemae_batch_items", "Items per step call after dynamic batching",
                                ["model", "version"], registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+        self.step = Histogram("stemae_step_seconds", "Time of one step call on a batch, seconds",
+                              ["model", "version"], registry=r,
+                              buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
         self.queue = Histogram("stemae_queue_seconds", "Time a request waited for its batch to start, seconds",
                                ["model", "version"], registry=r,
                                buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5))
@@ -143,7 +146,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await loop.run_in_executor(executor, model, np.zeros((1, *model.inputs[0].shape[1:]), np.float32))
                 labels = (name, version)
                 batcher = Batcher(model, settings.max_batch, settings.max_delay, executor,
-                                  lambda n, waits, labels=labels: _observe(labels, n, waits))
+                                  lambda n, step, waits, labels=labels: _observe(labels, n, step, waits))
                 batcher.start()
                 state["batchers"][labels] = batcher
                 log.info(json.dumps({"event": "model_ready", "model": name, "version": version,
@@ -156,8 +159,9 @@ def create_app(settings: Settings) -> FastAPI:
         executor.shutdown(wait=True)
         log.info(json.dumps({"event": "stopped"}))
 
-    def _observe(labels, n, waits):
+    def _observe(labels, n, step, waits):
         metrics.batch.labels(*labels).observe(n)
+        metrics.step.labels(*labels).observe(step)
         for w in waits:
             metrics.queue.labels(*labels).observe(w)
 

@@ -35,12 +35,13 @@ class Batcher:
     ``{name: (B, ...)}``) into batches of at most ``max_batch`` items, run on
     ``executor``.
 
-    ``observe(batch_items, queue_seconds)`` is called for every batch
-    run (for metrics); ``queue_seconds`` lists each request's wait.
+    ``observe(batch_items, step_seconds, queue_seconds)`` is called for
+    every batch run (for metrics); ``queue_seconds`` lists each request's
+    wait.
     """
 
     def __init__(self, fn: Callable[[np.ndarray], dict], max_batch: int, max_delay: float, executor: Executor,
-                 observe: Callable[[int, list[float]], None] | None = None):
+                 observe: Callable[[int, float, list[float]], None] | None = None):
         self.fn, self.max_batch, self.max_delay, self.observe = fn, max_batch, max_delay, observe
         self.executor = executor
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -99,4 +100,4 @@ class Batcher:
                 for _ in batch:
                     self.queue.task_done()
             if self.observe is not None:
-                self.observe(int(sizes[-1]), [started - p.queued for p in batch])
+                self.observe(int(sizes[-1]), time.perf_counter() - started, [started - p.queued for p in batch])
