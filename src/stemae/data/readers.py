@@ -277,16 +277,23 @@ def _read_rsciio(path: Path, plugin: dict, scan_shape) -> Datacube:
     nav = [a for a in axes if a.get("navigate")]
     det = [a for a in axes if not a.get("navigate", False)]
     cal = {}
-    if nav:
-        cal["r_pixel_size"], cal["r_units"] = nav[-1].get("scale", 1.0), str(nav[-1].get("units", ""))
-    if det:
-        cal["q_pixel_size"], cal["q_units"] = det[-1].get("scale", 1.0), str(det[-1].get("units", ""))
+    # An axis without physical units (a Merlin file, say) is uncalibrated, not calibrated in "" per pixel.
+    if nav and _physical(nav[-1]):
+        cal["r_pixel_size"], cal["r_units"] = nav[-1].get("scale", 1.0), str(nav[-1]["units"])
+    if det and _physical(det[-1]):
+        cal["q_pixel_size"], cal["q_units"] = det[-1].get("scale", 1.0), str(det[-1]["units"])
     tem = sig.get("metadata", {}).get("Acquisition_instrument", {}).get("TEM", {})
     if "beam_energy" in tem:
         cal["beam_energy_kev"] = tem["beam_energy"]
     if "convergence_angle" in tem:
         cal["convergence_semiangle_mrad"] = tem["convergence_angle"]
     return Datacube(as_datacube_array(sig["data"], scan_shape, str(path)), Calibration.from_attrs(cal), str(path))
+
+
+def _physical(axis: dict) -> bool:
+    """Whether a RosettaSciIO axis carries physical units (not none, undefined or pixels)."""
+    return str(axis.get("units") or "").strip().lower() not in ("", "<undefined>", "undefined", "px", "pixel",
+                                                                  "pixels")
 
 
 def read_datacube(path, dataset: str | None = None, scan_shape: tuple[int, int] | None = None) -> Datacube:
