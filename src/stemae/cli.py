@@ -882,6 +882,98 @@ def fit_ellipse(
 
 
 @app.command()
+def live(
+    model: Path = typer.Option(..., "--model", "-m", metavar="BUNDLE",
+                               help="Strain bundle (CC-ST-AE or classical) to map the frames with."),
+    detector: Annotated[str, typer.Option(metavar="KIND", help="Detector protocol: merlin.")] = "merlin",
+    host: Annotated[str, typer.Option(metavar="HOST", help="Detector (data and control) host.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="Detector data port (Merlin: 6342).")] = 6342,
+    api_port: Annotated[int, typer.Option(metavar="PORT", help="Detector control port (Merlin: 6341).")] = 6341,
+    scan: Annotated[str, typer.Option(metavar="ROWSxCOLS", help="Scan shape.")] = ...,
+    out: OutOpt = Path("stemae-live"),
+    view: Annotated[Optional[int], typer.Option(
+        metavar="PORT", help="Serve the live page at http://HOST:PORT/ (see --view-host).")] = None,
+    view_host: Annotated[str, typer.Option(metavar="HOST", help="Address the live page listens on.")] = "127.0.0.1",
+    timeout_s: Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for the acquisition.")] = 60.0,
+    reference: ReferenceOpt = None,
+    reference_phase: ReferencePhaseOpt = None,
+    reference_per_phase: PerPhaseOpt = False,
+    strain_axis: StrainAxisOpt = 0.0,
+    scan_rotation: ScanRotationOpt = 0.0,
+    flip: FlipOpt = False,
+    block_rows: BlockRowsOpt = None,
+    device: DeviceOpt = "cpu",
+    progress: ProgressOpt = True,
+):
+    """Map strain and phase while the detector scans: frames arrive through LiberTEM-live (extra `live`), are
+    recorded into OUT/frames.zarr and mapped block by block; the run ends with the same results and figures as
+    `stemae predict OUT/frames.zarr`, which also resumes a run that was cut off."""
+    import functools
+
+    from stemae.nn.bundle import bundle_kind
+    from stemae.nn.device import resolve_device
+    from stemae.strain import ccstae, classical
+    from stemae.strain.run import PARTIAL
+
+    _check_output(out)
+    try:
+        if detector != "merlin":
+            raise InputError(f"--detector {detector!r}: only merlin is supported (see the README)")
+        try:
+            from stemae.live import DetectorGone, live_strain, receive_merlin
+        except ImportError as e:
+            raise InputError(f"stemae live needs the live extra (pip install 'stemae[live]'): {e}") from None
+        shape = _shape(scan, "--scan")
+        if shape is None:
+            raise InputError("--scan ROWSxCOLS is needed")
+        if bundle_kind(model) == classical.KIND:
+            if reference_phase is not None or reference_per_phase:
+                raise InputError("references by phase apply to ccstae bundles only")
+            bases = classical.load_state(model)[0]["basis"][None]
+        else:
+            bases = ccstae.load(model).G.detach().cpu().double().numpy()
+        dev = resolve_device(device)
+    except (InputError, ValueError) as e:
+        _fail(e)
+    views = []
+
+    def started(cube):
+        if view is not None:
+            from stemae.liveview import LiveView
+
+            v = LiveView(cube, out / PARTIAL, bases)
+            v.serve(view, view_host)
+            views.append(v)
+            typer.echo(f"live page at http://{view_host}:{view}/")
+
+    typer.echo(f"waiting for a {detector} acquisition at {host}:{port} ({shape[0]}x{shape[1]} scan)")
+    t0 = time.perf_counter()
+    try:
+        res = live_strain(model, out, functools.partial(receive_merlin, host=host, port=port, api_port=api_port,
+                                                        timeout=timeout_s),
+                          shape, reference=_box(reference), reference_phase=reference_phase,
+                          per_phase=reference_per_phase, frame=_frame_options(strain_axis, scan_rotation, flip),
+                          rows=_block_rows(block_rows), device=dev, progress=progress, on_start=started)
+    except DetectorGone as e:
+        for v in views:
+            v.finish(str(e), failed=True)
+        _fail(InputError(f"{e}. The frames received are in {out}/frames.zarr and the maps of the blocks mapped in "
+                         f"{out}/{PARTIAL}; when the frames are complete, `stemae predict {out}/frames.zarr --model "
+                         f"{model} --out {out}` finishes the run"))
+    except (InputError, ValueError) as e:
+        for v in views:
+            v.finish(str(e), failed=True)
+        _fail(e)
+    except KeyboardInterrupt:
+        _interrupted(out)
+    for v in views:
+        v.finish()
+    from stemae.data.readers import read_datacube
+
+    _report(res, time.perf_counter() - t0, out, read_datacube(out / "frames.zarr"))
+
+
+@app.command()
 def serve(
     repository: Path = typer.Argument(..., metavar="MODEL_REPOSITORY",
                                       help="Folder laid out as NAME/VERSION/, each holding a stemae bundle."),

@@ -129,7 +129,9 @@ def receive_merlin(cube: LiveCube, *, host: str, port: int, api_port: int, timeo
             pending = conn.wait_for_acquisition(timeout)
             if pending is None:
                 raise DetectorGone(f"no acquisition started within {timeout:g} s")
-            aq = ctx.make_acquisition(conn=conn, pending_aq=pending, nav_shape=cube.scan)
+            # A partition per scan row: frames reach the recorder (and the maps) row by row.
+            aq = ctx.make_acquisition(conn=conn, pending_aq=pending, nav_shape=cube.scan,
+                                      frames_per_partition=cube.scan[1])
             for _ in ctx.run_udf_iter(dataset=aq, udf=Frames()):
                 while received:
                     first, frames = received.pop(0)

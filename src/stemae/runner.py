@@ -141,6 +141,24 @@ def partial_status(path) -> tuple[int, int] | None:
     return int(done.sum()), len(done)
 
 
+def read_partial(path, names) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
+    """What a partial store holds so far: the ``"nav"`` results ``names``
+    over the scan and a mask ``(Ry,)`` of the scan rows whose blocks are
+    done (their values are final; the others are zeros). None while there
+    is no partial store at ``path``."""
+    import zarr
+
+    status = partial_status(path)
+    if status is None:
+        return None
+    root = zarr.open_group(str(path), mode="r")
+    done = np.asarray(root["done"][...]).astype(bool)
+    rows = int(root.attrs["layout"]["rows"])
+    arrays = {name: np.asarray(root[name][...]) for name in names}
+    mapped = np.repeat(done, rows)[: next(iter(arrays.values())).shape[0]] if arrays else np.repeat(done, rows)
+    return arrays, mapped
+
+
 def _write_block(root, step, i: int, r0: int, out: dict) -> None:
     """One block's results into its buffers (a partial store or arrays in
     memory, see :func:`_buffers`), then its done mark."""

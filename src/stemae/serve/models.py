@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from stemae.errors import InputError
+from stemae.strain.lattice import STRAIN_COMPONENTS
 
 #: Names a model or a version may have: no path separators, no dot first.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -25,10 +26,6 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: The protocol's datatypes and their little-endian NumPy types (BYTES is not served).
 DATATYPES = {"BOOL": "|b1", "UINT8": "|u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "|i1",
              "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
-
-#: The strain components of the ``strain`` and ``strain_std`` outputs, in order.
-STRAIN_COMPONENTS = ("e_xx", "e_yy", "e_xy", "theta")
-
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -66,51 +63,12 @@ class Model:
         return {t.name: np.ascontiguousarray(out[t.name], DATATYPES[t.datatype]) for t in self.outputs}
 
 
-def strain_against(G: np.ndarray, cov: np.ndarray, bases: np.ndarray, phase: np.ndarray) -> dict[str, np.ndarray]:
-    """Strain of each pattern against its phase's reference basis.
-
-    Parameters
-    ----------
-    G : (B, 2, 2) local reciprocal bases, px (NaN where the fit failed)
-    cov : (B, 4, 4) their covariance, px^2
-    bases : (K, 2, 2) reference bases, px
-    phase : (B,) each pattern's reference index
-
-    Returns
-    -------
-    dict: ``G`` (B, 2, 2) relabelled to the lattice-equivalent basis
-    nearest the reference, ``transform`` (B, 2, 2) the deformation gradient
-    ``F`` with ``a = F a_ref``, ``strain`` and ``strain_std`` (B, 4): e_xx,
-    e_yy, e_xy (dimensionless) and theta (degrees) and their standard
-    deviations
-    """
-    from stemae.geometry import deformation_from_reciprocal, strain_from_deformation, strain_uncertainty
-    from stemae.strain.lattice import align_to_reference, relabel_covariance
-
-    G = np.asarray(G, np.float64)
-    cov = np.asarray(cov, np.float64)
-    ok = np.isfinite(G).all((-1, -2)) & np.isfinite(cov).all((-1, -2))
-    out = {"G": np.full(G.shape, np.nan), "transform": np.full(G.shape, np.nan),
-           "strain": np.full((len(G), 4), np.nan), "strain_std": np.full((len(G), 4), np.nan)}
-    for k in np.unique(phase[ok]):
-        m = ok & (phase == k)
-        ref = np.asarray(bases[k], np.float64)
-        Gk = align_to_reference(G[m], ref)
-        F = deformation_from_reciprocal(Gk, ref)
-        s = strain_from_deformation(F)
-        u = strain_uncertainty(Gk, ref, relabel_covariance(cov[m], G[m], Gk))
-        out["G"][m], out["transform"][m] = Gk, F
-        out["strain"][m] = np.stack([s[c] for c in STRAIN_COMPONENTS], -1)
-        out["strain_std"][m] = np.stack([u[c] for c in STRAIN_COMPONENTS], -1)
-    return out
-
-
 def _strain_outputs(step, K: int | None) -> list[TensorSpec]:
     """The outputs of a strain step's model (``K`` phases for a CC-ST-AE)."""
     spec = step.results()
     out = [TensorSpec("G", "FP32", (-1, 2, 2), "local reciprocal basis, px, columns g1 g2"),
            TensorSpec("cov", "FP32", (-1, 4, 4), "covariance of G's row-major entries, px^2"),
-           TensorSpec("origin", "FP32", (-1, 2), "central beam (y, x), px"),
+           TensorSpec("origin", "FP32", (-1, 2), "central beam (x, y), px"),
            TensorSpec("transform", "FP32", (-1, 2, 2), "deformation gradient F onto the reference, a = F a_ref"),
            TensorSpec("strain", "FP32", (-1, 4), "e_xx, e_yy, e_xy (1) and theta (deg) against the reference"),
            TensorSpec("strain_std", "FP32", (-1, 4), "standard deviations of strain"),
@@ -134,6 +92,7 @@ def strain_model(name: str, version: str, path: Path, device: str = "cpu") -> Mo
     own reference (the CC-ST-AE's learned base lattice of each pattern's
     phase; the classical state's reference basis)."""
     from stemae.strain.ccstae import PredictStep
+    from stemae.strain.lattice import strain_against
     from stemae.strain.run import load_step
 
     step = load_step(path, device=device)

@@ -11,7 +11,8 @@ import itertools
 import numpy as np
 from scipy import ndimage
 
-from stemae.geometry import rotation_matrix
+from stemae.geometry import (deformation_from_reciprocal, rotation_matrix, strain_from_deformation,
+                             strain_uncertainty)
 
 # Integer basis changes with det +1 and entries in {-1, 0, 1}: they contain
 # the rotations of every 2D Bravais lattice expressed in a reduced basis.
@@ -313,3 +314,43 @@ def relabel_covariance(cov: np.ndarray, G_old: np.ndarray, G_new: np.ndarray) ->
     K[..., :2, :2] = Mt  # each row of G is multiplied by M from the right
     K[..., 2:, 2:] = Mt
     return K @ cov @ np.swapaxes(K, -1, -2)
+
+
+#: The strain components of :func:`strain_against`'s ``strain`` and ``strain_std``, in order.
+STRAIN_COMPONENTS = ("e_xx", "e_yy", "e_xy", "theta")
+
+
+def strain_against(G: np.ndarray, cov: np.ndarray, bases: np.ndarray, phase: np.ndarray) -> dict[str, np.ndarray]:
+    """Strain of each pattern against its phase's reference basis.
+
+    Parameters
+    ----------
+    G : (B, 2, 2) local reciprocal bases, px (NaN where the fit failed)
+    cov : (B, 4, 4) their covariance, px^2
+    bases : (K, 2, 2) reference bases, px
+    phase : (B,) each pattern's reference index
+
+    Returns
+    -------
+    dict: ``G`` (B, 2, 2) relabelled to the lattice-equivalent basis
+    nearest the reference, ``transform`` (B, 2, 2) the deformation gradient
+    ``F`` with ``a = F a_ref``, ``strain`` and ``strain_std`` (B, 4): e_xx,
+    e_yy, e_xy (dimensionless) and theta (degrees) and their standard
+    deviations
+    """
+    G = np.asarray(G, np.float64)
+    cov = np.asarray(cov, np.float64)
+    ok = np.isfinite(G).all((-1, -2)) & np.isfinite(cov).all((-1, -2))
+    out = {"G": np.full(G.shape, np.nan), "transform": np.full(G.shape, np.nan),
+           "strain": np.full((len(G), 4), np.nan), "strain_std": np.full((len(G), 4), np.nan)}
+    for k in np.unique(phase[ok]):
+        m = ok & (phase == k)
+        ref = np.asarray(bases[k], np.float64)
+        Gk = align_to_reference(G[m], ref)
+        F = deformation_from_reciprocal(Gk, ref)
+        s = strain_from_deformation(F)
+        u = strain_uncertainty(Gk, ref, relabel_covariance(cov[m], G[m], Gk))
+        out["G"][m], out["transform"][m] = Gk, F
+        out["strain"][m] = np.stack([s[c] for c in STRAIN_COMPONENTS], -1)
+        out["strain_std"][m] = np.stack([u[c] for c in STRAIN_COMPONENTS], -1)
+    return out
