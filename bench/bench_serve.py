@@ -96,7 +96,7 @@ def main():
 
     import torch
 
-    from serving import Server
+    from peers import Server
 
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "models"

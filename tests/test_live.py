@@ -2,12 +2,9 @@
 (`libertem-live-mib-sim`, replaying a .mib file with its .hdr), against
 the offline run on the same file; and the live page in headless Chromium."""
 
-import os
 import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,39 +12,7 @@ import pytest
 pytest.importorskip("libertem_live")
 
 from mib_writer import write_mib  # noqa: E402
-from serving import free_port  # noqa: E402
-
-BIN = Path(sys.executable).parent
-
-
-class MerlinSim:
-    """LiberTEM-live's Merlin simulator on loopback, replaying ``hdr``."""
-
-    def __init__(self, hdr: Path, dwell_us: int | None = None):
-        self.data, self.control, self.trigger = free_port(), free_port(), free_port()
-        args = [str(BIN / "libertem-live-mib-sim"), str(hdr), "--host", "127.0.0.1", "--data-port", str(self.data),
-                "--control-port", str(self.control), "--trigger-port", str(self.trigger)]
-        if dwell_us:
-            args += ["--dwelltime", str(dwell_us)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import socket
-
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", self.control), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("the Merlin simulator did not start")
-
-    def live(self, *args, **kw):
-        return subprocess.Popen([str(BIN / "stemae"), "live", "--port", str(self.data), "--api-port",
-                                 str(self.control), "--no-progress", *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, **kw)
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait(10)
+from peers import BIN, MerlinSim, free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")

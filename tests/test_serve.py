@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("fastapi")
 th = pytest.importorskip("tritonclient.http")
 
-from serving import Server, make_repository  # noqa: E402
+from peers import Server, make_repository  # noqa: E402
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

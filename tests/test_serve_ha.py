@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("fastapi")
 th = pytest.importorskip("tritonclient.http")
 
-from serving import Server, free_port, make_repository  # noqa: E402
+from peers import Server, free_port, make_repository  # noqa: E402
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
 

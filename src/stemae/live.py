@@ -22,6 +22,8 @@ from stemae.errors import InputError
 
 #: Where the frames of a live run are recorded, in its output folder.
 FRAMES = "frames.zarr"
+#: Patterns per block of a live run by default (whole scan rows, at least this many).
+LIVE_BATCH = 256
 
 
 class DetectorGone(InputError):
@@ -91,20 +93,23 @@ class LiveCube:
 
 def open_frames(out_dir, scan: tuple[int, int], pattern_shape: tuple[int, int]):
     """A new zarr datacube ``OUT/frames.zarr`` ``(Ry, Rx, Qy, Qx)`` of
-    float32 counts, one chunk per scan row."""
+    float32 counts, one uncompressed chunk per scan row."""
     import zarr
 
     path = Path(out_dir) / FRAMES
     if path.exists():
         raise InputError(f"{path} exists: a live run records into a new folder (or remove it)")
-    return zarr.open(str(path), mode="w", shape=(*scan, *pattern_shape), chunks=(1, scan[1], *pattern_shape),
-                     dtype="f4", zarr_format=2)
+    # Uncompressed: the receiving thread must not spend the mapping's CPU on compression.
+    return zarr.create_array(str(path), shape=(*scan, *pattern_shape), chunks=(1, scan[1], *pattern_shape),
+                             dtype="f4", zarr_format=2, compressors=None, fill_value=0)
 
 
 def receive_merlin(cube: LiveCube, *, host: str, port: int, api_port: int, timeout: float = 60.0):
     """Receive one Merlin acquisition through LiberTEM-live and record its
     frames into ``cube``; end the cube, with a message if the detector
     stopped early or sent frames of another size. Runs in its own thread."""
+    import torch
+    from libertem.executor.inline import InlineJobExecutor
     from libertem.udf.base import UDF
     from libertem_live.api import LiveContext
 
@@ -123,7 +128,9 @@ def receive_merlin(cube: LiveCube, *, host: str, port: int, api_port: int, timeo
 
     total = cube.scan[0] * cube.scan[1]
     try:
-        ctx = LiveContext.make_with("inline")  # the UDF runs here, in the receiving thread
+        # The UDF runs here, in the receiving thread. LiberTEM sets PyTorch's (process-wide) thread count to
+        # its executor's while a task runs: the mapping's count, so the mapping keeps its speed.
+        ctx = LiveContext(executor=InlineJobExecutor(inline_threads=torch.get_num_threads()))
         with ctx.make_connection("merlin").open(api_host=host, api_port=api_port, data_host=host,
                                                 data_port=port) as conn:
             pending = conn.wait_for_acquisition(timeout)
@@ -175,6 +182,8 @@ def live_strain(bundle, out_dir, receive, scan: tuple[int, int], *, reference=No
     if on_start is not None:
         on_start(cube)
     datacube = Datacube(cube, source=str(out_dir / FRAMES))
+    # Blocks of one batch (256 patterns) by default: a block is mapped as soon as its rows are in.
+    rows = rows or -(-LIVE_BATCH // scan[1])
     provenance = bundle_provenance(bundle)
     if model is None:
         res = predict_classical(state, datacube, out_dir, reference=reference, frame=frame, progress=progress,

@@ -49,6 +49,10 @@ class LiveView:
         self.status, self.message = "receiving", ""
         self.started = time.monotonic()
         self._history: list[tuple[float, int, int]] = []  # (time, arrived, mapped)
+        Ry, Rx = cube.scan
+        self._maps = {k: np.full((Ry, Rx), np.nan) for k in ("e_xx", "e_yy", "e_xy", "theta", "phase")}
+        self._rows = np.zeros(Ry, bool)  # scan rows whose maps are drawn
+        self._lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
 
     def finish(self, message: str = "", failed: bool = False):
@@ -56,6 +60,10 @@ class LiveView:
 
     def snapshot(self) -> dict:
         """Counts, rates, maps and the latest pattern with its lattice."""
+        with self._lock:  # the page's requests come on several threads
+            return self._snapshot()
+
+    def _snapshot(self) -> dict:
         from stemae.runner import read_partial
         from stemae.strain.lattice import strain_against
 
@@ -63,23 +71,24 @@ class LiveView:
         arrived = int(self.cube.arrived)
         names = ["G", "cov", "origin"] + (["phase"] if len(self.bases) > 1 else [])
         part = read_partial(self.partial, names)
-        maps = {k: np.full((Ry, Rx), np.nan) for k in ("e_xx", "e_yy", "e_xy", "theta", "phase")}
-        mapped, lattice = 0, None
+        maps, lattice = self._maps, None
         if part is not None:
             arrays, rows = part
-            if rows.any():
-                sel = np.zeros((Ry, Rx), bool)
-                sel[rows[:Ry]] = True
-                phase = arrays["phase"][sel] if "phase" in arrays else np.zeros(int(sel.sum()), np.int64)
-                s = strain_against(arrays["G"][sel], arrays["cov"][sel], self.bases, phase)["strain"]
+            fresh = np.zeros((Ry, Rx), bool)
+            fresh[rows[:Ry] & ~self._rows] = True  # rows mapped since the last look
+            if fresh.any():
+                phase = arrays["phase"][fresh] if "phase" in arrays else np.zeros(int(fresh.sum()), np.int64)
+                s = strain_against(arrays["G"][fresh], arrays["cov"][fresh], self.bases, phase,
+                                   uncertainty=False)["strain"]
                 for j, k in enumerate(("e_xx", "e_yy", "e_xy", "theta")):
-                    maps[k][sel] = s[:, j]
-                maps["phase"][sel] = phase
-                mapped = int(sel.sum())
-                last = np.argwhere(sel)[-1]
-                lattice = {"position": [int(v) for v in last],
-                           "origin": _json_array(arrays["origin"][tuple(last)]),
-                           "G": _json_array(arrays["G"][tuple(last)])}
+                    maps[k][fresh] = s[:, j]
+                maps["phase"][fresh] = phase
+                self._rows |= rows[:Ry]
+            if self._rows.any():
+                last = (int(np.flatnonzero(self._rows)[-1]), Rx - 1)
+                lattice = {"position": list(last), "origin": _json_array(arrays["origin"][last]),
+                           "G": _json_array(arrays["G"][last])}
+        mapped = int(self._rows.sum()) * Rx
         now = time.monotonic()
         self._history = [h for h in self._history if now - h[0] < 5.0] + [(now, arrived, mapped)]
         t0, a0, m0 = self._history[0]

@@ -320,7 +320,8 @@ def relabel_covariance(cov: np.ndarray, G_old: np.ndarray, G_new: np.ndarray) ->
 STRAIN_COMPONENTS = ("e_xx", "e_yy", "e_xy", "theta")
 
 
-def strain_against(G: np.ndarray, cov: np.ndarray, bases: np.ndarray, phase: np.ndarray) -> dict[str, np.ndarray]:
+def strain_against(G: np.ndarray, cov: np.ndarray, bases: np.ndarray, phase: np.ndarray,
+                   uncertainty: bool = True) -> dict[str, np.ndarray]:
     """Strain of each pattern against its phase's reference basis.
 
     Parameters
@@ -329,6 +330,8 @@ def strain_against(G: np.ndarray, cov: np.ndarray, bases: np.ndarray, phase: np.
     cov : (B, 4, 4) their covariance, px^2
     bases : (K, 2, 2) reference bases, px
     phase : (B,) each pattern's reference index
+    uncertainty : also the standard deviations (False leaves ``strain_std``
+        NaN, for a quick look)
 
     Returns
     -------
@@ -349,8 +352,9 @@ def strain_against(G: np.ndarray, cov: np.ndarray, bases: np.ndarray, phase: np.
         Gk = align_to_reference(G[m], ref)
         F = deformation_from_reciprocal(Gk, ref)
         s = strain_from_deformation(F)
-        u = strain_uncertainty(Gk, ref, relabel_covariance(cov[m], G[m], Gk))
         out["G"][m], out["transform"][m] = Gk, F
         out["strain"][m] = np.stack([s[c] for c in STRAIN_COMPONENTS], -1)
-        out["strain_std"][m] = np.stack([u[c] for c in STRAIN_COMPONENTS], -1)
+        if uncertainty:
+            u = strain_uncertainty(Gk, ref, relabel_covariance(cov[m], G[m], Gk))
+            out["strain_std"][m] = np.stack([u[c] for c in STRAIN_COMPONENTS], -1)
     return out

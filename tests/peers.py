@@ -1,6 +1,6 @@
-"""Helpers of the server tests and benchmark: a model repository of every
-bundle kind made with the simulators, and real `stemae serve` processes on
-loopback."""
+"""Real peers on loopback for the tests and benchmarks: a model repository
+of every bundle kind made with the simulators, `stemae serve` processes,
+and LiberTEM-live's Merlin detector simulator."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+#: Where this environment's commands are (stemae, libertem-live-mib-sim).
+BIN = Path(sys.executable).parent
 
 
 def make_repository(repo: Path) -> dict:
@@ -52,7 +55,7 @@ class Server:
                  timeout: float = 120.0):
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
-        exe = Path(sys.executable).parent / "stemae"
+        exe = BIN / "stemae"
         self.log = open(log or os.devnull, "wb")
         self.proc = subprocess.Popen([str(exe), "serve", str(repo), "--port", str(self.port), *args],
                                      stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
@@ -86,3 +89,31 @@ class Server:
             text = r.read().decode()
         return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                    if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+class MerlinSim:
+    """LiberTEM-live's Merlin simulator on loopback, replaying ``hdr``."""
+
+    def __init__(self, hdr: Path, dwell_us: int | None = None):
+        self.data, self.control, self.trigger = free_port(), free_port(), free_port()
+        args = [str(BIN / "libertem-live-mib-sim"), str(hdr), "--host", "127.0.0.1", "--data-port", str(self.data),
+                "--control-port", str(self.control), "--trigger-port", str(self.trigger)]
+        if dwell_us:
+            args += ["--dwelltime", str(dwell_us)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", self.control), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("the Merlin simulator did not start")
+
+    def live(self, *args, **kw):
+        return subprocess.Popen([str(BIN / "stemae"), "live", "--port", str(self.data), "--api-port",
+                                 str(self.control), "--no-progress", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, **kw)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait(10)
