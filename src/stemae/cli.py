@@ -901,7 +901,9 @@ def live(
     strain_axis: StrainAxisOpt = 0.0,
     scan_rotation: ScanRotationOpt = 0.0,
     flip: FlipOpt = False,
-    block_rows: BlockRowsOpt = None,
+    block_rows: Annotated[Optional[int], typer.Option(
+        metavar="N", help="Scan rows per block (default: the fewest holding 256 patterns); a block is mapped as "
+                          "soon as its frames are in, and a crash loses at most the block being mapped.")] = None,
     device: DeviceOpt = "cpu",
     progress: ProgressOpt = True,
 ):
