@@ -117,3 +117,30 @@ class MerlinSim:
     def stop(self):
         self.proc.kill()
         self.proc.wait(10)
+
+
+class DectrisSim:
+    """LiberTEM-live's DECTRIS simulator on loopback (REST API and ZeroMQ
+    stream), replaying a recorded stream (``tests/dectris_writer.py``)."""
+
+    def __init__(self, recording: Path):
+        self.api, self.data = free_port(), free_port()
+        self.proc = subprocess.Popen([str(BIN / "libertem-live-dectris-sim"), str(recording), "--port",
+                                      str(self.api), "--zmqport", str(self.data)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", self.api), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("the DECTRIS simulator did not start")
+
+    def live(self, *args):
+        return subprocess.Popen([str(BIN / "stemae"), "live", "--detector", "dectris", "--port", str(self.data),
+                                 "--api-port", str(self.api), "--no-progress", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait(10)

@@ -885,10 +885,12 @@ def fit_ellipse(
 def live(
     model: Path = typer.Option(..., "--model", "-m", metavar="BUNDLE",
                                help="Strain bundle (CC-ST-AE or classical) to map the frames with."),
-    detector: Annotated[str, typer.Option(metavar="KIND", help="Detector protocol: merlin.")] = "merlin",
+    detector: Annotated[str, typer.Option(metavar="KIND", help="Detector protocol: merlin or dectris.")] = "merlin",
     host: Annotated[str, typer.Option(metavar="HOST", help="Detector (data and control) host.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(metavar="PORT", help="Detector data port (Merlin: 6342).")] = 6342,
-    api_port: Annotated[int, typer.Option(metavar="PORT", help="Detector control port (Merlin: 6341).")] = 6341,
+    port: Annotated[Optional[int], typer.Option(
+        metavar="PORT", help="Detector data port (default Merlin 6342, DECTRIS 9999: its ZeroMQ stream).")] = None,
+    api_port: Annotated[Optional[int], typer.Option(
+        metavar="PORT", help="Detector control port (default Merlin 6341, DECTRIS 80: its REST API).")] = None,
     scan: Annotated[str, typer.Option(metavar="ROWSxCOLS", help="Scan shape.")] = ...,
     out: OutOpt = Path("stemae-live"),
     view: Annotated[Optional[int], typer.Option(
@@ -919,12 +921,14 @@ def live(
 
     _check_output(out)
     try:
-        if detector != "merlin":
-            raise InputError(f"--detector {detector!r}: only merlin is supported (see the README)")
         try:
-            from stemae.live import DetectorGone, live_strain, receive_merlin
+            from stemae.live import DETECTORS, DetectorGone, live_strain, receive
         except ImportError as e:
             raise InputError(f"stemae live needs the live extra (pip install 'stemae[live]'): {e}") from None
+        if detector not in DETECTORS:
+            raise InputError(f"--detector {detector!r}: choose from {', '.join(DETECTORS)}")
+        port = port or {"merlin": 6342, "dectris": 9999}[detector]
+        api_port = api_port or {"merlin": 6341, "dectris": 80}[detector]
         shape = _shape(scan, "--scan")
         if shape is None:
             raise InputError("--scan ROWSxCOLS is needed")
@@ -951,8 +955,8 @@ def live(
     typer.echo(f"waiting for a {detector} acquisition at {host}:{port} ({shape[0]}x{shape[1]} scan)")
     t0 = time.perf_counter()
     try:
-        res = live_strain(model, out, functools.partial(receive_merlin, host=host, port=port, api_port=api_port,
-                                                        timeout=timeout_s),
+        res = live_strain(model, out, functools.partial(receive, detector=detector, host=host, port=port,
+                                                        api_port=api_port, timeout=timeout_s),
                           shape, reference=_box(reference), reference_phase=reference_phase,
                           per_phase=reference_per_phase, frame=_frame_options(strain_axis, scan_rotation, flip),
                           rows=_block_rows(block_rows), device=dev, progress=progress, on_start=started)

@@ -104,16 +104,27 @@ def open_frames(out_dir, scan: tuple[int, int], pattern_shape: tuple[int, int]):
                              dtype="f4", zarr_format=2, compressors=None, fill_value=0)
 
 
-def receive_merlin(cube: LiveCube, *, host: str, port: int, api_port: int, timeout: float = 60.0):
-    """Receive one Merlin acquisition through LiberTEM-live and record its
-    frames into ``cube``; end the cube, with a message if the detector
-    stopped early or sent frames of another size. Runs in its own thread."""
+#: The detectors ``stemae live`` receives from (LiberTEM-live connection names).
+DETECTORS = ("merlin", "dectris")
+
+
+def receive(cube: LiveCube, *, detector: str, host: str, port: int, api_port: int, timeout: float = 60.0):
+    """Receive one acquisition through LiberTEM-live and record its frames
+    into ``cube``; end the cube, with a message if the detector stopped
+    early or sent frames of another size. Runs in its own thread.
+
+    Merlin: the acquisition the detector software starts (passive); its
+    frames flipped up-down as RosettaSciIO reads a .mib file, so live and
+    offline maps of one scan agree. DECTRIS: armed through the detector's
+    REST API at ``host:api_port`` (active), frames from its ZeroMQ stream at
+    ``host:port`` as the detector sends them."""
     import torch
     from libertem.executor.inline import InlineJobExecutor
     from libertem.udf.base import UDF
     from libertem_live.api import LiveContext
 
     received: list = []
+    flip = detector == "merlin"
 
     class Frames(UDF):
         """Hands each partition's frames to the receiving loop."""
@@ -122,8 +133,8 @@ def receive_merlin(cube: LiveCube, *, host: str, port: int, api_port: int, timeo
             return {"seen": self.buffer(kind="nav", dtype=bool)}
 
         def process_partition(self, partition):
-            # Up-down as RosettaSciIO reads a .mib file, so live and offline maps of one scan agree.
-            received.append((int(self.meta.slice.origin[0]), np.array(partition[:, ::-1], np.float32)))
+            frames = partition[:, ::-1] if flip else partition
+            received.append((int(self.meta.slice.origin[0]), np.array(frames, np.float32)))
             self.results.seen[:] = True
 
     total = cube.scan[0] * cube.scan[1]
@@ -131,11 +142,13 @@ def receive_merlin(cube: LiveCube, *, host: str, port: int, api_port: int, timeo
         # The UDF runs here, in the receiving thread. LiberTEM sets PyTorch's (process-wide) thread count to
         # its executor's while a task runs: the mapping's count, so the mapping keeps its speed.
         ctx = LiveContext(executor=InlineJobExecutor(inline_threads=torch.get_num_threads()))
-        with ctx.make_connection("merlin").open(api_host=host, api_port=api_port, data_host=host,
+        with ctx.make_connection(detector).open(api_host=host, api_port=api_port, data_host=host,
                                                 data_port=port) as conn:
-            pending = conn.wait_for_acquisition(timeout)
-            if pending is None:
-                raise DetectorGone(f"no acquisition started within {timeout:g} s")
+            pending = None
+            if detector == "merlin":
+                pending = conn.wait_for_acquisition(timeout)
+                if pending is None:
+                    raise DetectorGone(f"no acquisition started within {timeout:g} s")
             # A partition per scan row: frames reach the recorder (and the maps) row by row.
             aq = ctx.make_acquisition(conn=conn, pending_aq=pending, nav_shape=cube.scan,
                                       frames_per_partition=cube.scan[1])
@@ -152,11 +165,12 @@ def receive_merlin(cube: LiveCube, *, host: str, port: int, api_port: int, timeo
                  f"{type(e).__name__}: {e}")
 
 
-def live_strain(bundle, out_dir, receive, scan: tuple[int, int], *, reference=None, reference_phase=None,
+def live_strain(bundle, out_dir, source, scan: tuple[int, int], *, reference=None, reference_phase=None,
                 per_phase: bool = False, frame: dict | None = None, rows: int | None = None, device: str = "cpu",
                 progress: bool = False, on_start=None) -> dict:
-    """Map a scan with a strain bundle while ``receive(cube)`` (run in its
-    own thread, e.g. :func:`receive_merlin`) records its frames, and write
+    """Map a scan with a strain bundle while ``source(cube)`` (run in its
+    own thread; :func:`receive` with the detector's settings) records its
+    frames, and write
     the same results and figures as ``stemae predict OUT/frames.zarr``.
 
     ``on_start(cube)`` is called once the frames store exists (the live
@@ -177,7 +191,7 @@ def live_strain(bundle, out_dir, receive, scan: tuple[int, int], *, reference=No
         model = ccstae.load(bundle)
         pattern_shape = model.pattern_shape
     cube = LiveCube(open_frames(out_dir, scan, pattern_shape), scan)
-    receiver = threading.Thread(target=receive, args=(cube,), name="stemae-receive", daemon=True)
+    receiver = threading.Thread(target=source, args=(cube,), name="stemae-receive", daemon=True)
     receiver.start()
     if on_start is not None:
         on_start(cube)
