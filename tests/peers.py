@@ -42,10 +42,17 @@ def make_repository(repo: Path) -> dict:
     return {"patterns": sim.data.reshape(-1, 64, 64).astype(np.float32), "images": images}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(n: int = 1):
+    """A free loopback port, or ``n`` distinct ones (a list)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:  # held together, so the ports differ
+            s.bind(("127.0.0.1", 0))
+        ports = [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+    return ports[0] if n == 1 else ports
 
 
 class Server:
@@ -95,7 +102,7 @@ class MerlinSim:
     """LiberTEM-live's Merlin simulator on loopback, replaying ``hdr``."""
 
     def __init__(self, hdr: Path, dwell_us: int | None = None):
-        self.data, self.control, self.trigger = free_port(), free_port(), free_port()
+        self.data, self.control, self.trigger = free_port(3)
         args = [str(BIN / "libertem-live-mib-sim"), str(hdr), "--host", "127.0.0.1", "--data-port", str(self.data),
                 "--control-port", str(self.control), "--trigger-port", str(self.trigger)]
         if dwell_us:
@@ -124,7 +131,7 @@ class DectrisSim:
     stream), replaying a recorded stream (``tests/dectris_writer.py``)."""
 
     def __init__(self, recording: Path):
-        self.api, self.data = free_port(), free_port()
+        self.api, self.data = free_port(2)
         self.proc = subprocess.Popen([str(BIN / "libertem-live-dectris-sim"), str(recording), "--port",
                                       str(self.api), "--zmqport", str(self.data)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

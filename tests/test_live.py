@@ -37,7 +37,7 @@ def test_live_results_equal_the_offline_run(scan, tmp_path):
     try:
         run = sim.live("--model", str(tmp / "model"), "--scan", "12x12", "--out", str(tmp_path / "live"),
                        "--reference-phase", "0", "--block-rows", "3")
-        out, err = run.communicate(timeout=300)
+        out, err = _finish(run)
     finally:
         sim.stop()
     assert run.returncode == 0, err[-2000:]
@@ -56,6 +56,16 @@ def test_live_results_equal_the_offline_run(scan, tmp_path):
     assert not (tmp_path / "live" / ".strain.partial.zarr").exists()
 
 
+def _finish(run, timeout: float = 300):
+    """A live run's output; the process is killed if it outlives ``timeout``."""
+    try:
+        return run.communicate(timeout=timeout)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(10)
+
+
 def test_live_from_a_dectris_stream_equals_the_offline_run(scan, tmp_path):
     """The same scan recorded as a DECTRIS SIMPLON stream and replayed by
     LiberTEM-live's DECTRIS simulator (armed through its REST API, frames
@@ -72,8 +82,8 @@ def test_live_from_a_dectris_stream_equals_the_offline_run(scan, tmp_path):
     sim = DectrisSim(write_stream(tmp_path / "scan.dectris", data.reshape(-1, 64, 64)))
     try:
         run = sim.live("--model", str(tmp / "model"), "--scan", "12x12", "--out", str(tmp_path / "live"),
-                       "--reference-phase", "0", "--block-rows", "3")
-        out, err = run.communicate(timeout=300)
+                       "--reference-phase", "0", "--block-rows", "3", "--timeout-s", "60")
+        out, err = _finish(run)
     finally:
         sim.stop()
     assert run.returncode == 0, err[-2000:]
@@ -92,7 +102,7 @@ def test_a_detector_that_stops_early_keeps_the_frames_and_says_how_to_finish(sca
     try:  # the file holds 144 frames; a 13x12 scan waits for 156
         run = sim.live("--model", str(tmp / "model"), "--scan", "13x12", "--out", str(tmp_path / "live"),
                        "--reference-phase", "0", "--block-rows", "3", "--timeout-s", "20")
-        out, err = run.communicate(timeout=300)
+        out, err = _finish(run)
     finally:
         sim.stop()
     assert run.returncode == 2
@@ -158,10 +168,23 @@ def test_the_live_page_fills_in_while_frames_arrive(tmp_path):
     finally:
         if driver is not None:
             driver.quit()
-        out, err = run.communicate(timeout=300)
+        out, err = _finish(run)
         sim.stop()
     assert run.returncode == 0, err[-2000:]
     assert total == "576" and pattern.startswith("(")
     assert len(seen) >= 3 and seen == sorted(seen) and seen[0] < seen[-1], seen  # it filled in, in steps
     assert 0 < seen[1] < 576
     assert shots[1] != shots[-1]  # the map changed on screen
+
+
+def test_a_stalled_detector_ends_the_wait(tmp_path):
+    """Rows whose frames never come raise DetectorGone once no frame has
+    arrived for the stall time; rows already in are read at once."""
+    from stemae.live import DetectorGone, LiveCube, open_frames
+
+    cube = LiveCube(open_frames(tmp_path, (3, 4), (8, 8)), (3, 4), stall=0.5)
+    frames = np.arange(4 * 64, dtype=np.float32).reshape(4, 8, 8)
+    cube.record(0, frames)
+    np.testing.assert_array_equal(cube[0:1][0], frames)
+    with pytest.raises(DetectorGone, match="no frame came for 0.5 s after 4 of 12"):
+        cube[1:2]

@@ -896,7 +896,9 @@ def live(
     view: Annotated[Optional[int], typer.Option(
         metavar="PORT", help="Serve the live page at http://HOST:PORT/ (see --view-host).")] = None,
     view_host: Annotated[str, typer.Option(metavar="HOST", help="Address the live page listens on.")] = "127.0.0.1",
-    timeout_s: Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for the acquisition.")] = 60.0,
+    timeout_s: Annotated[float, typer.Option(
+        metavar="SECONDS", help="How long to wait for the first frame, and for each next one, before giving up "
+                                "(the frames and maps so far are kept).")] = 60.0,
     reference: ReferenceOpt = None,
     reference_phase: ReferencePhaseOpt = None,
     reference_per_phase: PerPhaseOpt = False,
@@ -959,7 +961,8 @@ def live(
                                                         api_port=api_port, timeout=timeout_s),
                           shape, reference=_box(reference), reference_phase=reference_phase,
                           per_phase=reference_per_phase, frame=_frame_options(strain_axis, scan_rotation, flip),
-                          rows=_block_rows(block_rows), device=dev, progress=progress, on_start=started)
+                          rows=_block_rows(block_rows), device=dev, progress=progress, on_start=started,
+                          stall=timeout_s)
     except DetectorGone as e:
         for v in views:
             v.finish(str(e), failed=True)

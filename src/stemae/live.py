@@ -14,6 +14,7 @@ frame is dropped: one not yet mapped waits on disk, counted as backlog.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,14 @@ class LiveCube:
     """A datacube ``(Ry, Rx, Qy, Qx)`` that fills while frames arrive.
 
     Reading scan rows waits until their frames are recorded; reading past
-    the frames a finished or failed acquisition delivered raises
+    the frames a finished or failed acquisition delivered, or waiting more
+    than ``stall`` seconds without a new frame, raises
     :class:`DetectorGone`. ``arrived`` counts the frames recorded.
     """
 
-    def __init__(self, frames, scan: tuple[int, int]):
-        self.frames, self.scan = frames, tuple(scan)
+    def __init__(self, frames, scan: tuple[int, int], stall: float = 60.0):
+        self.frames, self.scan, self.stall = frames, tuple(scan), stall
+        self.last = time.monotonic()  # when the latest frames arrived (or the wait began)
         self.shape = tuple(frames.shape)
         self.dtype = frames.dtype
         self.ndim = 4
@@ -60,6 +63,7 @@ class LiveCube:
             i += n
         with self.changed:
             self.arrived = max(self.arrived, first + len(frames))
+            self.last = time.monotonic()
             self.changed.notify_all()
 
     def end(self, error: str | None = None):
@@ -73,6 +77,9 @@ class LiveCube:
         need = min((last_row + 1) * self.scan[1], self.scan[0] * self.scan[1])
         with self.changed:
             while self.arrived < need:
+                if not self.finished and time.monotonic() - self.last > self.stall:
+                    self.finished, self.error = True, (f"no frame came for {self.stall:g} s after {self.arrived} "
+                                                       f"of {self.scan[0] * self.scan[1]}")
                 if self.finished:
                     raise DetectorGone(self.error or f"the acquisition ended after {self.arrived} of "
                                                      f"{self.scan[0] * self.scan[1]} frames")
@@ -167,14 +174,15 @@ def receive(cube: LiveCube, *, detector: str, host: str, port: int, api_port: in
 
 def live_strain(bundle, out_dir, source, scan: tuple[int, int], *, reference=None, reference_phase=None,
                 per_phase: bool = False, frame: dict | None = None, rows: int | None = None, device: str = "cpu",
-                progress: bool = False, on_start=None) -> dict:
+                progress: bool = False, on_start=None, stall: float = 60.0) -> dict:
     """Map a scan with a strain bundle while ``source(cube)`` (run in its
     own thread; :func:`receive` with the detector's settings) records its
     frames, and write
     the same results and figures as ``stemae predict OUT/frames.zarr``.
 
     ``on_start(cube)`` is called once the frames store exists (the live
-    view reads from there). Raises :class:`DetectorGone` when the detector
+    view reads from there); ``stall`` is how long to wait for the next
+    frame (the first one included) before giving up. Raises :class:`DetectorGone` when the detector
     stops early: the frames and the mapped blocks are kept in ``out_dir``.
     """
     from stemae.data.readers import Datacube
@@ -190,7 +198,7 @@ def live_strain(bundle, out_dir, source, scan: tuple[int, int], *, reference=Non
     else:
         model = ccstae.load(bundle)
         pattern_shape = model.pattern_shape
-    cube = LiveCube(open_frames(out_dir, scan, pattern_shape), scan)
+    cube = LiveCube(open_frames(out_dir, scan, pattern_shape), scan, stall)
     receiver = threading.Thread(target=source, args=(cube,), name="stemae-receive", daemon=True)
     receiver.start()
     if on_start is not None:
