@@ -43,15 +43,23 @@ def make_repository(repo: Path) -> dict:
 
 
 def free_port(n: int = 1):
-    """A free loopback port, or ``n`` distinct ones (a list)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:  # held together, so the ports differ
-            s.bind(("127.0.0.1", 0))
-        ports = [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """A free loopback port, or ``n`` distinct ones (a list), drawn below the
+    kernel's ephemeral range (where outgoing connections take their ports,
+    so a server started a moment later cannot lose its port to one)."""
+    import random
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) \
+        if Path("/proc/sys/net/ipv4/ip_local_port_range").exists() else 32768
+    ports: list[int] = []
+    while len(ports) < n:
+        port = random.randrange(10000, max(low, 10001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
     return ports[0] if n == 1 else ports
 
 
@@ -98,6 +106,20 @@ class Server:
                    if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
+def _wait_for(proc: subprocess.Popen, port: int, what: str, timeout: float = 60.0):
+    """Until ``proc`` listens on ``port``; an error if it exits first or takes too long."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start")
+
+
 class MerlinSim:
     """LiberTEM-live's Merlin simulator on loopback, replaying ``hdr``."""
 
@@ -107,14 +129,9 @@ class MerlinSim:
                 "--control-port", str(self.control), "--trigger-port", str(self.trigger)]
         if dwell_us:
             args += ["--dwelltime", str(dwell_us)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", self.control), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("the Merlin simulator did not start")
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)  # its own group: stop() ends its children too
+        _wait_for(self.proc, self.control, "the Merlin simulator")
 
     def live(self, *args, **kw):
         return subprocess.Popen([str(BIN / "stemae"), "live", "--port", str(self.data), "--api-port",
@@ -122,7 +139,10 @@ class MerlinSim:
                                 stderr=subprocess.PIPE, text=True, **kw)
 
     def stop(self):
-        self.proc.kill()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the simulator forks its servers
+        except ProcessLookupError:  # it had ended
+            pass
         self.proc.wait(10)
 
 
@@ -130,18 +150,30 @@ class DectrisSim:
     """LiberTEM-live's DECTRIS simulator on loopback (REST API and ZeroMQ
     stream), replaying a recorded stream (``tests/dectris_writer.py``)."""
 
-    def __init__(self, recording: Path):
-        self.api, self.data = free_port(2)
-        self.proc = subprocess.Popen([str(BIN / "libertem-live-dectris-sim"), str(recording), "--port",
-                                      str(self.api), "--zmqport", str(self.data)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", self.api), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("the DECTRIS simulator did not start")
+    def __init__(self, recording: Path, timeout: float = 60.0):
+        # Given a ZeroMQ port, the simulator (LiberTEM-live 0.3) binds it several times over and sometimes
+        # fails ("should be possible to bind the zmq socket"); on a port of its own choosing it does not,
+        # and it logs the port it streams on.
+        import re
+        import tempfile
+
+        self.api = free_port()
+        self.log = tempfile.NamedTemporaryFile(prefix="dectris-sim-", suffix=".log")
+        self.proc = subprocess.Popen([str(BIN / "libertem-live-dectris-sim"), str(recording), "--port", str(self.api),
+                                      "--zmqport", "0"],
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)  # its own group: stop() ends its children too
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(rb"RustedReplay listening on tcp://127.0.0.1:(\d+)", Path(self.log.name).read_bytes())
+            if found or self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        if not found:
+            self.stop()
+            raise RuntimeError(f"the DECTRIS simulator did not start: {Path(self.log.name).read_text()[-2000:]}")
+        self.data = int(found.group(1))
+        _wait_for(self.proc, self.api, "the DECTRIS simulator")
 
     def live(self, *args):
         return subprocess.Popen([str(BIN / "stemae"), "live", "--detector", "dectris", "--port", str(self.data),
@@ -149,5 +181,9 @@ class DectrisSim:
                                 stderr=subprocess.PIPE, text=True)
 
     def stop(self):
-        self.proc.kill()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the simulator forks its servers
+        except ProcessLookupError:  # it had ended
+            pass
         self.proc.wait(10)
+        self.log.close()
