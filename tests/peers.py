@@ -120,8 +120,30 @@ def _wait_for(proc: subprocess.Popen, port: int, what: str, timeout: float = 60.
     raise RuntimeError(f"{what} did not start")
 
 
-class MerlinSim:
+class _DetectorSim:
+    """A LiberTEM-live detector simulator process (``proc``, its own process
+    group) that ``stemae live --detector`` :attr:`detector` reads from at
+    ``data`` (frames) and ``control`` (commands)."""
+
+    detector = ""
+
+    def live(self, *args, **kw):
+        return subprocess.Popen([str(BIN / "stemae"), "live", "--detector", self.detector, "--port", str(self.data),
+                                 "--api-port", str(self.control), "--no-progress", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, **kw)
+
+    def stop(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the simulator forks its servers
+        except ProcessLookupError:  # it had ended
+            pass
+        self.proc.wait(10)
+
+
+class MerlinSim(_DetectorSim):
     """LiberTEM-live's Merlin simulator on loopback, replaying ``hdr``."""
+
+    detector = "merlin"
 
     def __init__(self, hdr: Path, dwell_us: int | None = None):
         self.data, self.control, self.trigger = free_port(3)
@@ -133,22 +155,12 @@ class MerlinSim:
                                      start_new_session=True)  # its own group: stop() ends its children too
         _wait_for(self.proc, self.control, "the Merlin simulator")
 
-    def live(self, *args, **kw):
-        return subprocess.Popen([str(BIN / "stemae"), "live", "--port", str(self.data), "--api-port",
-                                 str(self.control), "--no-progress", *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, **kw)
 
-    def stop(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the simulator forks its servers
-        except ProcessLookupError:  # it had ended
-            pass
-        self.proc.wait(10)
-
-
-class DectrisSim:
+class DectrisSim(_DetectorSim):
     """LiberTEM-live's DECTRIS simulator on loopback (REST API and ZeroMQ
     stream), replaying a recorded stream (``tests/dectris_writer.py``)."""
+
+    detector = "dectris"
 
     def __init__(self, recording: Path, timeout: float = 60.0):
         # Given a ZeroMQ port, the simulator (LiberTEM-live 0.3) binds it several times over and sometimes
@@ -157,10 +169,10 @@ class DectrisSim:
         import re
         import tempfile
 
-        self.api = free_port()
+        self.control = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="dectris-sim-", suffix=".log")
-        self.proc = subprocess.Popen([str(BIN / "libertem-live-dectris-sim"), str(recording), "--port", str(self.api),
-                                      "--zmqport", "0"],
+        self.proc = subprocess.Popen([str(BIN / "libertem-live-dectris-sim"), str(recording), "--port",
+                                      str(self.control), "--zmqport", "0"],
                                      stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)  # its own group: stop() ends its children too
         deadline = time.monotonic() + timeout
@@ -173,17 +185,8 @@ class DectrisSim:
             self.stop()
             raise RuntimeError(f"the DECTRIS simulator did not start: {Path(self.log.name).read_text()[-2000:]}")
         self.data = int(found.group(1))
-        _wait_for(self.proc, self.api, "the DECTRIS simulator")
-
-    def live(self, *args):
-        return subprocess.Popen([str(BIN / "stemae"), "live", "--detector", "dectris", "--port", str(self.data),
-                                 "--api-port", str(self.api), "--no-progress", *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        _wait_for(self.proc, self.control, "the DECTRIS simulator")
 
     def stop(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the simulator forks its servers
-        except ProcessLookupError:  # it had ended
-            pass
-        self.proc.wait(10)
+        super().stop()
         self.log.close()
