@@ -80,16 +80,18 @@ def _fingerprint(datacube: Datacube, bundle: dict) -> dict:
 
 def predict_strain(model, datacube: Datacube, out_dir, *, reference=None, reference_phase: int | None = None,
                    per_phase: bool = False, frame: dict | None = None, device: str = "cpu", progress: bool = False,
-                   record: dict | None = None, bundle: dict | None = None, client=None, rows: int | None = None
-                   ) -> dict:
+                   record: dict | None = None, bundle: dict | None = None, client=None, rows: int | None = None,
+                   compile: bool | None = None) -> dict:
     """Map strain and phase with a trained CC-ST-AE and write the results
     (``bundle``: :func:`~stemae.nn.bundle.bundle_provenance` of the model's
     bundle, recorded in the store; with it the mapping resumes from the
     blocks an interrupted run kept; ``client``: a ``dask.distributed.Client``
-    to map on; ``rows``: scan rows per block)."""
+    to map on; ``rows``: scan rows per block; ``compile``: the fits through
+    ``torch.compile``, see :func:`~stemae.strain.ccstae.predict`)."""
     _check_phase(reference_phase, model.K, per_phase)
     how = _mapping(datacube, out_dir, bundle, client, rows)
-    pred = ccstae.predict(model, how.pop("data"), device=resolve_device(device), progress=progress, **how)
+    pred = ccstae.predict(model, how.pop("data"), device=resolve_device(device), progress=progress, compile=compile,
+                          **how)
     res = ccstae.to_strain(pred, reference, reference_phase=reference_phase, frame=_frame(frame, datacube.calibration),
                             per_phase=per_phase)
     res["bases"] = model.G.detach().cpu().numpy()
@@ -151,7 +153,7 @@ def _resumable_model(out_dir: Path, datacube: Datacube, settings: dict):
 def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference=None,
                reference_phase: int | None = None, per_phase: bool = False, frame: dict | None = None,
                classes: int = 1, epochs: int = 3, refine: str = "voigt", seed: int = 0, device: str = "cpu",
-               progress: bool = False, client=None, rows: int | None = None) -> dict:
+               progress: bool = False, client=None, rows: int | None = None, compile: bool | None = None) -> dict:
     """Map strain (and phase, for ``ccstae``); write ``out_dir/strain.zarr``,
     figures and the method's bundle ``out_dir/model`` (the trained CC-ST-AE,
     or the classical methods' fitted state), which ``stemae predict`` maps
@@ -178,6 +180,8 @@ def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference
     progress : bool
     client : a ``dask.distributed.Client`` to map on (training stays in process)
     rows : scan rows per block (default about 32 MB of patterns)
+    compile : ``ccstae`` only: map through ``torch.compile`` (see
+        :func:`~stemae.strain.ccstae.predict`; default from 100,000 patterns)
 
     A run that was interrupted (its partial store ``out_dir/.strain.partial.zarr``
     kept) continues where it stopped when started again on the same data:
@@ -207,7 +211,7 @@ def run_strain(datacube: Datacube, out_dir, *, method: str = "ccstae", reference
             path = ccstae.save(model, out_dir / "model", record)
         return predict_strain(model, datacube, out_dir, reference=reference, reference_phase=reference_phase,
                               per_phase=per_phase, frame=frame, device=device, progress=progress, record=record,
-                              bundle=bundle_provenance(path), client=client, rows=rows)
+                              bundle=bundle_provenance(path), client=client, rows=rows, compile=compile)
     state = fit_state(datacube.data, method=method, reference=reference)
     path = save_state(state, out_dir / "model", datacube.pattern_shape)
     return predict_classical(state, datacube, out_dir, reference=reference, frame=frame, progress=progress,

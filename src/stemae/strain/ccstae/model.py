@@ -243,12 +243,13 @@ class CCSTAE(nn.Module):
         return A0
 
     def fit_patterns(self, x: torch.Tensor, k: torch.Tensor, origin: torch.Tensor, iterations: int,
-                     evaluate_only: bool = False) -> dict:
-        """:func:`~stemae.strain.ccstae.likelihood.fit_disk_lattice` of patterns ``x`` (B, Qy, Qx)
-        from base ``k`` (B,) and central beam ``origin`` (B, 2) (see
-        :meth:`start`); ``evaluate_only`` returns how badly the base's disks
-        sit on each pattern at the start (``misfit``)."""
-        return fit_disk_lattice(x, origin, self.start(x, origin, k), self.reflections()[k], self.disk(), DISK_DR,
+                     evaluate_only: bool = False, fit=fit_disk_lattice) -> dict:
+        """:func:`~stemae.strain.ccstae.likelihood.fit_disk_lattice` (or ``fit``, the
+        same compiled) of patterns ``x`` (B, Qy, Qx) from base ``k`` (B,) and
+        central beam ``origin`` (B, 2) (see :meth:`start`); ``evaluate_only``
+        returns how badly the base's disks sit on each pattern at the start
+        (``misfit``)."""
+        return fit(x, origin, self.start(x, origin, k), self.reflections()[k], self.disk(), DISK_DR,
                                 self.radius, rows=self.rows(), band=self.band(), background=self.background,
                                 background_dr=BACKGROUND_DR, iterations=iterations,
                                 regather=tuple(range(min(2, iterations))), local_background=False,
