@@ -131,3 +131,23 @@ def test_reference_mask_errors():
     with pytest.raises(ValueError, match="expected the scan shape"):
         reference_mask((4, 4), np.ones((3, 3), bool))
     assert reference_mask((2, 3)).all()
+
+
+def test_reference_of_one_noisy_lattice_is_accepted_two_lattices_are_not():
+    """A reference region is refused as holding two lattices only when its
+    positions differ from its median lattice beyond their own noise: a single
+    lattice measured with 3 % scatter per element (a low-dose fit) is one
+    lattice; two phases 4 % apart measured to 0.2 % are two."""
+    rng = np.random.default_rng(0)
+    G0 = np.array([[20.0, -10.0], [0.0, 17.3]])
+    scatter = 0.03 * np.linalg.norm(G0) / 2  # per element, px
+    noisy = G0 + rng.normal(0, scatter, (8, 8, 2, 2))
+    cov = np.broadcast_to(scatter**2 * np.eye(4), (8, 8, 4, 4))
+    with pytest.raises(ValueError, match="more than one lattice"):
+        strain_maps(noisy, None)  # without uncertainties, the scatter looks like several lattices
+    maps, G_ref = strain_maps(noisy, None, cov=cov)
+    np.testing.assert_allclose(G_ref, G0, atol=4 * scatter / 8)
+    assert np.nanmean(maps["sigma_e_xx"]) > np.nanstd(maps["e_xx"]) / 2
+    two = np.where(np.arange(8)[None, :, None, None] < 4, G0, 1.04 * G0) + rng.normal(0, 0.002 * 17, (8, 8, 2, 2))
+    with pytest.raises(ValueError, match="more than one lattice"):
+        strain_maps(two, None, cov=np.broadcast_to((0.002 * 17) ** 2 * np.eye(4), (8, 8, 4, 4)))

@@ -164,16 +164,21 @@ def reference_mask(scan_shape: tuple[int, int], reference=None) -> np.ndarray:
 
 #: A reference region holds more than one lattice when more than a quarter
 #: of its positions' bases differ from its median basis by more than this
-#: (relative, Frobenius): phases 4 % apart, or grains turned by degrees, do;
-#: one lattice with strain and counting noise does not.
+#: (relative, Frobenius) and by more than three of their own standard
+#: deviations: phases 4 % apart, or grains turned by degrees, do; one
+#: lattice with strain and counting noise does not, however noisy.
 REFERENCE_SPREAD = 0.02
 
 
-def reference_members(G: np.ndarray, mask: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+def reference_members(G: np.ndarray, mask: np.ndarray, valid: np.ndarray | None = None,
+                      cov: np.ndarray | None = None) -> np.ndarray:
     """Positions whose bases make up the reference: valid positions in the
     region, less outliers further than four (normal-scaled) median absolute
     deviations from the element-wise median. Shapes: ``G`` (Ry, Rx, 2, 2),
-    masks (Ry, Rx); returns a bool (Ry, Rx).
+    masks (Ry, Rx), ``cov`` (Ry, Rx, 4, 4) the bases' covariance (row-major
+    entries; a position's distance from the median counts against one
+    lattice only beyond three of its standard deviations); returns a bool
+    (Ry, Rx).
 
     Raises
     ------
@@ -189,6 +194,9 @@ def reference_members(G: np.ndarray, mask: np.ndarray, valid: np.ndarray | None 
     med = np.median(g, axis=0)
     spread = np.linalg.norm(g - med, axis=(-1, -2)) / np.linalg.norm(med)
     far = spread > REFERENCE_SPREAD
+    if cov is not None:  # noise alone moves a position by about sqrt(trace(cov))
+        noise = np.sqrt(np.trace(np.asarray(cov, np.float64)[sel], axis1=-2, axis2=-1)) / np.linalg.norm(med)
+        far &= ~(spread <= 3 * noise)
     if far.mean() > 0.25:
         raise ValueError(
             f"the reference region holds more than one lattice: {far.sum()} of its {far.size} positions differ "
@@ -288,7 +296,7 @@ def strain_maps(
     """
     G = np.asarray(G, dtype=np.float64)
     mask = reference_mask(G.shape[:2], reference)
-    members = reference_members(G, mask, valid)
+    members = reference_members(G, mask, valid, cov)
     G_det = G_ref = G[members].mean(axis=0)
     if frame is not None:
         G, cov = change_frame(G, None if cov is None else np.asarray(cov, dtype=np.float64), frame)
