@@ -209,7 +209,12 @@ def run_case(name: str, scan: int, pattern: int, seed: int, with_cli: bool) -> d
             continue
         G = align_to_reference(np.stack([p4["g1"], p4["g2"]], -1).astype(np.float64), xc["g_ref"])
         valid = p4["valid"] & np.isfinite(G).all(axis=(-1, -2))
-        maps, g_ref = strain_maps(G, ref, valid)
+        # py4DSTEM reports no uncertainty: the scatter of its reference
+        # region's bases stands for every position's in the one-lattice check.
+        region = G[ref & valid]
+        cov = np.broadcast_to(np.diag(np.var(region.reshape(-1, 4), axis=0)), G.shape[:2] + (4, 4))
+        maps, g_ref = strain_maps(G, ref, valid, cov=cov)
+        maps = {k: v for k, v in maps.items() if not k.startswith("sigma_")}  # not py4DSTEM's own
         res = dict(maps, g1=G[..., 0], g2=G[..., 1], g_ref=g_ref, valid=valid)
         err = score_maps(sim, ref, res, score)
         worst = max(err[k] / max(score_maps(sim, ref, xc, score)[k], 1e-12) for k in COMPONENTS)
