@@ -113,6 +113,7 @@ def fit_disk_lattice(
     local_background: bool = True,
     noise_floor: float = 0.05,
     min_on_detector: float = 0.5,
+    settle: float = 1.0,
     use_central: bool = True,
     unbiased: bool = True,
     evaluate_only: bool = False,
@@ -158,6 +159,10 @@ def fit_disk_lattice(
     noise_floor : smallest model value in the weights (counts)
     min_on_detector : disks whose centre is more than this many radii off
         the detector are left out
+    settle : after the last gathering, a pattern whose Fisher step is
+        shorter than this many standard deviations (the step's length in the
+        metric of the information) stops there: its later steps would follow
+        the noise (0: every pattern takes every step)
     use_central : include the central beam (it constrains the origin)
     unbiased : count each disk's information with ``a^2 - var(a)`` rather
         than its fitted amplitude squared, which noise inflates (set False
@@ -208,6 +213,8 @@ def fit_disk_lattice(
     uy = torch.stack([zero, one, zero, zero, gx, gy], -1)
     w = lam = None
     m_edge = min_on_detector * radius
+    moving = torch.ones(B, dtype=torch.bool, device=dev)
+    last_gather = max(regather, default=0)
     for it in range(max(iterations, 1)):
         centers = origin[:, None] + g @ A.transpose(-1, -2)  # (B, J, 2)
         if it == 0 or it in regather:
@@ -286,6 +293,9 @@ def fit_disk_lattice(
             hess = hess - coupling
             info = info - coupling
         step = _scaled_solve(hess, grad, eye)
+        if settle > 0 and it > last_gather:
+            moving = moving & (torch.einsum("bi,bij,bj->b", step, info, step) >= settle * settle)
+            step = step * moving[:, None]
         origin = origin + step[:, :2].clamp(-2.0, 2.0)
         A = A + step[:, 2:].clamp(-0.05, 0.05).reshape(B, 2, 2)
     chi2 = (w * res * res).sum((1, 2))
