@@ -937,8 +937,8 @@ def live(
             raise InputError(f"stemae live needs the live extra (pip install 'stemae[live]'): {e}") from None
         if detector not in DETECTORS:
             raise InputError(f"--detector {detector!r}: choose from {', '.join(DETECTORS)}")
-        port = port or {"merlin": 6342, "dectris": 9999}[detector]
-        api_port = api_port or {"merlin": 6341, "dectris": 80}[detector]
+        port = port or DETECTORS[detector]["port"]
+        api_port = api_port or DETECTORS[detector]["api_port"]
         shape = _shape(scan, "--scan")
         if shape is None:
             raise InputError("--scan ROWSxCOLS is needed")

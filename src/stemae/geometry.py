@@ -194,7 +194,7 @@ def reference_members(G: np.ndarray, mask: np.ndarray, valid: np.ndarray | None 
     med = np.median(g, axis=0)
     spread = np.linalg.norm(g - med, axis=(-1, -2)) / np.linalg.norm(med)
     far = spread > REFERENCE_SPREAD
-    if cov is not None:  # noise alone moves a position by about sqrt(trace(cov))
+    if cov is not None:  # noise alone moves a position by about sqrt(trace(cov)); unknown (NaN) noise explains nothing
         noise = np.sqrt(np.trace(np.asarray(cov, np.float64)[sel], axis1=-2, axis2=-1)) / np.linalg.norm(med)
         far &= ~(spread <= 3 * noise)
     if far.mean() > 0.25:

@@ -111,8 +111,10 @@ def open_frames(out_dir, scan: tuple[int, int], pattern_shape: tuple[int, int]):
                              dtype="f4", zarr_format=2, compressors=None, fill_value=0)
 
 
-#: The detectors ``stemae live`` receives from (LiberTEM-live connection names).
-DETECTORS = ("merlin", "dectris")
+#: The detectors ``stemae live`` receives from (LiberTEM-live connection
+#: names) and their default ports: data (Merlin's TCP stream, DECTRIS's
+#: ZeroMQ stream) and control (Merlin's control port, DECTRIS's REST API).
+DETECTORS = {"merlin": {"port": 6342, "api_port": 6341}, "dectris": {"port": 9999, "api_port": 80}}
 
 
 def receive(cube: LiveCube, *, detector: str, host: str, port: int, api_port: int, timeout: float = 60.0):
