@@ -15,8 +15,8 @@ from stemae.domains import model as ae
 from stemae.domains.lockin import LOCK_IN_WIDTH, lock_in, relative_contrast
 from stemae.domains.segment import (REFERENCE_GUARD, assign_types, assign_walls, boundary_mask, domain_statistics,
                                     drop_empty_types, refine_boundaries, segment, wall_pairs)
-from stemae.domains.windows import (check_windowing, choose_window, half_window_power, order_null, window_centres,
-                                   window_ffts, window_stripes)
+from stemae.domains.windows import (check_windowing, choose_window, half_window_power, order_null, pooled_order,
+                                   window_centres, window_ffts, window_stripes)
 from stemae.conventions import DOMAIN_ARRAYS
 from stemae.errors import InputError
 from stemae.runner import run
@@ -144,7 +144,9 @@ class FrameStep:
     ``(B, H, W)`` to everything their windows say, on the window grid
     ``(ny, nx)``: the autoencoder's ``content`` (latent), ``stretch``,
     ``shear`` and ``error``; the stripe ``order``, ``orientation`` (degrees)
-    and ``period`` (px) (:func:`~stemae.domains.windows.window_stripes`);
+    and ``period`` (px) (:func:`~stemae.domains.windows.window_stripes`,
+    faint stripes pooled over neighbouring windows:
+    :func:`~stemae.domains.windows.pooled_order`);
     with the types' wall angles ``types`` (degrees, a bundle's
     ``type_angles``) also each window's ``label``
     (:func:`~stemae.domains.segment.assign_types`, before the whole-map
@@ -169,6 +171,7 @@ class FrameStep:
         coded = ae.predict(self.model, spectra, self.window, device=self.device)
         out = {**{k: coded[k] for k in ("content", "stretch", "shear", "error")},
                **window_stripes(spectra, self.window)}
+        out["order"] = pooled_order(spectra, out["order"], self.window, self.stride)
         if self.types is not None:
             out["label"] = assign_types(out["order"], out["orientation"], ORDER_THRESHOLD, self.types)
         return out

@@ -145,12 +145,16 @@ def refine_boundaries(labels: np.ndarray, power: np.ndarray, modes: np.ndarray) 
     of the same in that type's interior windows of the frame is that
     squared share. The centre takes the stripe type of the largest share, or
     the domain-free type (when it is a neighbour) if no stripe type covers
-    half the window (a share below 1/4).
+    half the window (a share below 1/4). A domain-free window stays so
+    unless its smaller window's power in that type's direction is beyond
+    what noise alone gives (above 1 in the units of ``order``): a weak
+    neighbour's wave is otherwise read into noise.
 
     Parameters
     ----------
     labels : (T, ny, nx) from :func:`segment`
     power : (T, ny, nx, S) the smaller windows' power per direction sector
+        over the noise's threshold
         (:func:`stemae.domains.windows.half_window_power`), NaN where not
         measured: it is needed at the boundary windows and at some interior
         windows of every type
@@ -182,6 +186,8 @@ def refine_boundaries(labels: np.ndarray, power: np.ndarray, modes: np.ndarray) 
                 continue
             share = typed[i, j, stripes - 1] / ref[stripes - 1]
             best = int(np.argmax(share))
+            if lab[i, j] == 0 and typed[i, j, stripes[best] - 1] <= 1:
+                continue  # domain-free, and its smaller window shows no stripe beyond noise either
             out[t, i, j] = 0 if (0 in present and share[best] < 0.25) else stripes[best]
     return out
 

@@ -8,7 +8,8 @@ image, so a 90-degree rotation of an image whose leftover margin is even maps
 the grid onto itself and every spectrum onto the rotated spectrum.
 
 Also here: how strongly a window's spectrum shows a stripe wave against
-what noise alone gives (:func:`spectral_order`, :func:`order_null`),
+what noise alone gives (:func:`spectral_order`, :func:`order_null`; for
+faint stripes, pooled over neighbouring windows: :func:`pooled_order`),
 the fundamental wave vector of its stripes, and the window size the
 images' own periods call for (:func:`choose_window`).
 """
@@ -40,6 +41,15 @@ NULL_QUANTILE = 0.999
 #: A sub-harmonic peak at least this share of the strongest peak (and itself
 #: beyond the noise) is the fundamental: the strongest may be a harmonic.
 HARMONIC_SHARE = 0.25
+#: A window below the order threshold counts as ordered by its 3x3
+#: neighbourhood's pooled spectrum (:func:`pooled_order`) only if its own
+#: order is at least this share of the threshold (above what most noise
+#: windows reach: the null's median is about 0.3 of it) ...
+POOL_GUARD = 0.5
+#: ... and no window of that neighbourhood is ordered beyond this many
+#: times the threshold (next to clearly ordered windows a weak window sits
+#: at a region wall, which the wall reading decides, not pooling).
+POOL_CLEAR = 3.0
 
 
 def frequency_grid(crop: int, device=None) -> torch.Tensor:
@@ -203,12 +213,25 @@ def _neighbourhood_mean(x: torch.Tensor) -> torch.Tensor:
     return box(x) / box(torch.ones_like(x[:1]))
 
 
+def _band_maxima(q: torch.Tensor) -> torch.Tensor:
+    """The 3x3-smoothed whitened power ``(B, k, k)`` at its local maxima
+    between :data:`R_MIN` and the crop's inscribed circle, zero elsewhere,
+    flattened ``(B, k * k)``. Local maxima only: a streak through zero
+    frequency (a bend contour or an edge crossing the window) rises towards
+    the excluded low frequencies and has none in the band."""
+    B, k, _ = q.shape
+    zero = torch.zeros(1, device=q.device)
+    qs = _neighbourhood_mean(q)
+    local = torch.where(qs == _neighbourhood_max(qs), qs, zero)
+    return torch.where(annulus(k, q.device).reshape(1, -1), local.reshape(B, -1), zero)
+
+
 def spectral_order(spectra: torch.Tensor, floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Stripe order and fundamental wave vector of window spectra.
 
     The whitened power (:func:`whitened_power`), averaged over 3x3
     frequency pixels (the Hann taper's main lobe), is searched for local
-    maxima between :data:`R_MIN` and the crop's inscribed circle; the
+    maxima (:func:`_band_maxima`) between :data:`R_MIN` and the crop's inscribed circle; the
     largest is the order statistic. Whitening favours harmonics (the noise falls off with
     frequency where the image has correlated noise), and sharp walls put
     power into them, so the fundamental is the local maximum at the lowest
@@ -235,14 +258,8 @@ def spectral_order(spectra: torch.Tensor, floor: float = 0.0) -> tuple[torch.Ten
     dev = spectra.device
     mag = torch.expm1(spectra)
     q = whitened_power(spectra, mag)
-    qs = _neighbourhood_mean(q)
     grid = frequency_grid(k, dev).reshape(-1, 2)
-    band = annulus(k, dev).reshape(1, -1)
-    # Local maxima only: a streak through zero frequency (a bend contour or
-    # an edge crossing the window) rises towards the excluded low
-    # frequencies and has none in the band.
-    local = torch.where(qs == _neighbourhood_max(qs), qs, torch.zeros(1, device=dev))
-    local = torch.where(band, local.reshape(B, -1), torch.zeros(1, device=dev))
+    local = _band_maxima(q)
     order, best = local.max(1)
     peak = grid[best]  # (kx, ky)
     strongest = peak.clone()
@@ -324,11 +341,98 @@ def order_null(window: int, crop: int, n: int = 1024, seed: int = 0) -> tuple[fl
         for start in range(0, n, 256):
             noise = torch.randn(min(256, n - start), window, window, generator=gen)
             out.append(spectral_order(spectra_of_windows(noise, taper, crop))[0])
-    log_order = torch.cat(out).double().log()
+    return _gumbel_levels(torch.cat(out).double().log())
+
+
+def _gumbel_levels(log_order: torch.Tensor) -> tuple[float, float]:
+    """Median and :data:`NULL_QUANTILE` quantile of a statistic whose
+    logarithm ``(n,)`` follows a Gumbel distribution (location and scale
+    from its mean and standard deviation)."""
     scale = float(log_order.std()) * math.sqrt(6) / math.pi
     loc = float(log_order.mean()) - 0.5772156649 * scale  # Euler's constant
     return (math.exp(loc - scale * math.log(math.log(2))),
             math.exp(loc - scale * math.log(-math.log(NULL_QUANTILE))))
+
+
+
+
+def _pooled_peak_order(spectra: torch.Tensor, where: np.ndarray) -> torch.Tensor:
+    """The order statistic (as :func:`spectral_order`) of the whitened power
+    averaged over a window's 3x3 neighbourhood on the grid (edge windows
+    repeated at the grid's edges).
+
+    Parameters
+    ----------
+    spectra : (T, ny, nx, k, k) log-magnitude spectra of the window grid
+    where : (N, 3) int indices ``(frame, row, column)`` of the windows
+
+    Returns
+    -------
+    (N,)
+    """
+    T, ny, nx, k, _ = spectra.shape
+    d = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+    rows = np.clip(where[:, 1, None] + d[None, :, 0], 0, ny - 1)
+    cols = np.clip(where[:, 2, None] + d[None, :, 1], 0, nx - 1)
+    flat = (where[:, 0, None] * ny + rows) * nx + cols  # (N, 9)
+    needed, inverse = np.unique(flat, return_inverse=True)
+    q = whitened_power(spectra.reshape(-1, k, k)[torch.as_tensor(needed)])
+    pooled = q[torch.as_tensor(inverse.reshape(flat.shape))].mean(1)
+    return _band_maxima(pooled).max(1).values
+
+
+@functools.lru_cache(maxsize=16)
+def pooled_order_null(window: int, stride: int, crop: int, seed: int = 0) -> tuple[float, float]:
+    """What noise alone gives for the pooled order (:func:`pooled_order`):
+    its median and :data:`NULL_QUANTILE` quantile over the interior of a
+    24x24 grid of windows on each of four white-noise images (seeded;
+    neighbouring windows overlap as on the images, so their spectra are as
+    correlated as there), from a Gumbel fit as in :func:`order_null`."""
+    gen = torch.Generator().manual_seed(seed)
+    side = window + 23 * stride
+    spectra, _ = window_ffts(torch.randn(4, side, side, generator=gen).numpy(), window, stride, crop)
+    inner = np.argwhere(np.pad(np.ones((4, 22, 22), bool), ((0, 0), (1, 1), (1, 1))))
+    with torch.no_grad():
+        order = _pooled_peak_order(torch.as_tensor(spectra), inner)
+    return _gumbel_levels(order.double().log())
+
+
+def pooled_order(spectra, order: np.ndarray, window: int, stride: int) -> np.ndarray:
+    """Window order with faint stripes found by pooling neighbouring windows.
+
+    A region of faint stripes shows them in every window, each barely above
+    the noise; the whitened power averaged over a window's 3x3 neighbourhood
+    on the grid has the noise of a window about three times as big. A window
+    below the order threshold takes the pooled order (over its own null's
+    :data:`NULL_QUANTILE` quantile, :func:`pooled_order_null`) where that
+    exceeds 1, its own order is at least :data:`POOL_GUARD` and no window of
+    the neighbourhood exceeds :data:`POOL_CLEAR`; every other window keeps
+    its own.
+
+    Parameters
+    ----------
+    spectra : (T, ny, nx, k, k) log-magnitude spectra of the window grid
+    order : (T, ny, nx) the windows' own order over its threshold
+        (:func:`window_stripes`)
+    window, stride : the grid's windowing, px
+
+    Returns
+    -------
+    (T, ny, nx) order over the threshold; above 1 is ordered
+    """
+    order = np.asarray(order)
+    clear = torch.as_tensor(order, dtype=torch.float32)[:, None]
+    clear = F.max_pool2d(F.pad(clear, (1, 1, 1, 1), mode="replicate"), 3, stride=1)[:, 0].numpy()
+    where = np.argwhere((order <= 1) & (order >= POOL_GUARD) & (clear <= POOL_CLEAR))
+    out = order.copy()
+    if len(where):
+        spectra = torch.as_tensor(np.asarray(spectra, np.float32))
+        with torch.no_grad():
+            pooled = (_pooled_peak_order(spectra, where).numpy()
+                      / pooled_order_null(window, stride, spectra.shape[-1])[1])
+        faint = pooled > 1
+        out[tuple(where[faint].T)] = pooled[faint]
+    return out
 
 
 def stripe_periods(images, tile: int = 256, max_tiles: int = 64, seed: int = 0) -> np.ndarray:
