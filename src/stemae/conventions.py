@@ -64,7 +64,8 @@ PER_TYPE = ("frame", "type")
 DOMAIN_ARRAYS = {
     "centres": ("px", "window centres (y, x) in image pixels, shape (ny, nx, 2)", ("window_y", "window_x", "yx")),
     "segmentation": ("", "domain type of each window (0: domain-free, then stripe types by wall angle)", WINDOWS),
-    "order": ("", "stripe order of the window spectrum over what noise alone gives (its 99.9 % quantile): "
+    "order": ("", "stripe order of the window spectrum over what noise alone gives (its 99.9 % quantile; "
+              "for a faint window, of its 3x3 neighbourhood's pooled spectrum over that pooling's own null): "
               "at most 1 is domain-free", WINDOWS),
     "orientation": ("deg", "domain wall angle from +x towards +y (x along columns, y down rows), [-90, 90)", WINDOWS),
     "period": ("px", "stripe period (the fundamental's)", WINDOWS),
