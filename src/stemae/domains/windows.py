@@ -370,7 +370,7 @@ def _pooled_peak_order(spectra: torch.Tensor, where: np.ndarray) -> torch.Tensor
     -------
     (N,)
     """
-    T, ny, nx, k, _ = spectra.shape
+    _, ny, nx, k, _ = spectra.shape
     d = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
     rows = np.clip(where[:, 1, None] + d[None, :, 0], 0, ny - 1)
     cols = np.clip(where[:, 2, None] + d[None, :, 1], 0, nx - 1)
