@@ -120,7 +120,10 @@ def domains_model(name: str, version: str, path: Path, device: str = "cpu") -> M
     bundle's window side) to what the map step gives each window
     (:class:`stemae.domains.run.FrameStep`): content latents, pose, stripe
     order, wall angle and period, and with the bundle's types each window's
-    type (before the whole-map refinement of walls)."""
+    type (before the whole-map refinement of walls). The windows come
+    without their grid, so order and type are each window's own: the map
+    step's pooling of faint windows over their grid neighbours
+    (:func:`stemae.domains.windows.pooled_order`) is left out."""
     import torch
 
     from stemae.domains import model as ae
