@@ -22,7 +22,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import stats
+from scipy import ndimage, stats
 
 from stemae.errors import InputError
 from stemae.geometry import wall_angle
@@ -231,8 +231,8 @@ def spectral_order(spectra: torch.Tensor, floor: float = 0.0) -> tuple[torch.Ten
 
     The whitened power (:func:`whitened_power`), averaged over 3x3
     frequency pixels (the Hann taper's main lobe), is searched for local
-    maxima (:func:`_band_maxima`) between :data:`R_MIN` and the crop's inscribed circle; the
-    largest is the order statistic. Whitening favours harmonics (the noise falls off with
+    maxima between :data:`R_MIN` and the crop's inscribed circle
+    (:func:`_band_maxima`); the largest is the order statistic. Whitening favours harmonics (the noise falls off with
     frequency where the image has correlated noise), and sharp walls put
     power into them, so the fundamental is the local maximum at the lowest
     sub-multiple (1/2 to 1/5) of that wave vector whose smoothed whitened
@@ -421,8 +421,7 @@ def pooled_order(spectra, order: np.ndarray, window: int, stride: int) -> np.nda
     (T, ny, nx) order over the threshold; above 1 is ordered
     """
     order = np.asarray(order)
-    clear = torch.as_tensor(order, dtype=torch.float32)[:, None]
-    clear = F.max_pool2d(F.pad(clear, (1, 1, 1, 1), mode="replicate"), 3, stride=1)[:, 0].numpy()
+    clear = ndimage.maximum_filter(order, size=(1, 3, 3), mode="nearest")
     where = np.argwhere((order <= 1) & (order >= POOL_GUARD) & (clear <= POOL_CLEAR))
     out = order.copy()
     if len(where):

@@ -250,10 +250,10 @@ class CCSTAE(nn.Module):
         returns how badly the base's disks sit on each pattern at the start
         (``misfit``)."""
         return fit(x, origin, self.start(x, origin, k), self.reflections()[k], self.disk(), DISK_DR,
-                                self.radius, rows=self.rows(), band=self.band(), background=self.background,
-                                background_dr=BACKGROUND_DR, iterations=iterations,
-                                regather=tuple(range(min(2, iterations))), local_background=False,
-                                noise_floor=NOISE_FLOOR, evaluate_only=evaluate_only)
+                   self.radius, rows=self.rows(), band=self.band(), background=self.background,
+                   background_dr=BACKGROUND_DR, iterations=iterations,
+                   regather=tuple(range(min(2, iterations))), local_background=False,
+                   noise_floor=NOISE_FLOOR, evaluate_only=evaluate_only)
 
     def distortion(self, G: torch.Tensor) -> torch.Tensor:
         """Distortion (B, K) of lattices ``G`` (B, 2, 2) relative to each base (see :func:`stretch`)."""
