@@ -140,6 +140,31 @@ def test_the_bound_is_what_fits_reach():
         assert spread == pytest.approx(sd5[k], rel=0.25), (k, spread, sd5[k])
 
 
+def test_a_fit_from_several_starts_goes_on_from_the_one_that_fits():
+    """Two starts per pattern, the true lattice and one 4 % larger, in
+    either order: every pattern goes on from the true one, and ends where a
+    fit from that start alone ends."""
+    sim = simulate_datacube(np.eye(2)[None, None], np.zeros((1, 1), int), [WS2], orientation=9.0, dose=None,
+                            central_fraction=0.97, background=0.3, intensity_variation=0.0, seed=1)
+    pattern = sim.data[0, 0].astype(np.float64)
+    n = 16
+    data = torch.tensor(np.random.default_rng(4).poisson(np.broadcast_to(pattern / pattern.sum() * 1e5, (n, 128, 128))),
+                        dtype=torch.float32)
+    G = np.stack([sim.truth["g1"][0, 0], sim.truth["g2"][0, 0]], 1)
+    hk = np.array([[h, k] for h in range(-4, 5) for k in range(-4, 5) if (h, k) != (0, 0)])
+    hk = hk[(np.abs(sim.truth["origin"][0, 0] + hk @ G.T - 64) < 60).all(1)]
+    bases = torch.tensor(np.stack([hk @ G.T, 1.04 * hk @ G.T]), dtype=torch.float32)  # (2, J, 2)
+    true_first = torch.arange(n) % 2 == 0
+    order = torch.stack([torch.where(true_first, 0, 1), torch.where(true_first, 1, 0)], 1)  # (n, 2) base per start
+    origin = torch.tensor(sim.truth["origin"][0]).expand(n, 2)
+    kw = dict(disk=erfc_table(sim.radius, 0.5), disk_dr=DISK_DR, radius=sim.radius, iterations=4, regather=(0, 1))
+    both = fit_disk_lattice(data, origin, torch.eye(2).expand(n, 2, 2, 2), bases[order], **kw)
+    alone = fit_disk_lattice(data, origin, torch.eye(2).expand(n, 2, 2), bases[0], **kw)
+    assert torch.equal(both["start"], torch.where(true_first, 0, 1))
+    torch.testing.assert_close(both["A"], alone["A"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(both["information"], alone["information"], rtol=1e-4, atol=0)
+
+
 def test_uncertainties_are_calibrated_and_near_the_bound(monolayer, monolayer_fit):
     """60-76 % of the true errors lie within one reported standard deviation,
     per component; and the errors sit within 1.3 times the bound."""

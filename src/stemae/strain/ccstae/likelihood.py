@@ -116,7 +116,6 @@ def fit_disk_lattice(
     settle: float = 1.0,
     use_central: bool = True,
     unbiased: bool = True,
-    evaluate_only: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Maximum-likelihood fit of origin and transform to each pattern's disks.
 
@@ -126,19 +125,29 @@ def fit_disk_lattice(
     within ``min_on_detector`` radii outside the detector edge takes part,
     including those the edge cuts (their off-detector pixels get no
     weight). Each iteration solves the linear parameters with Poisson
-    weights ``1 / max(lambda, noise_floor)`` (uniform in the first) and takes
-    one Fisher-scoring step on the six geometric parameters, using the
-    information left after the per-disk amplitude and offset are
-    accounted for. Windows are gathered at the start and again before the
-    iterations listed in ``regather`` (coarse to fine: a start a few pixels
-    off still converges).
+    weights ``1 / max(lambda, noise_floor)`` of the last model (at the
+    start, of a first unweighted solve) and takes one Fisher-scoring step on
+    the six geometric parameters, using the information left after the
+    per-disk amplitude and offset are accounted for. Windows are gathered at
+    the start and again before the iterations listed in ``regather``
+    (coarse to fine: a start a few pixels off still converges; the last
+    model's linear parameters give the new windows' weights).
+
+    With several starts per pattern (``A`` (B, K, 2, 2), one base lattice
+    each), every start is evaluated as a first iteration would (windows
+    gathered, linear parameters solved) and the fit goes on from the one
+    whose Bragg disks sit best on the pattern: the least Poisson deviance
+    per pixel of their windows. The other starts cost one gathering and
+    linear solve each, and the kept one's evaluation is its first iteration.
 
     Parameters
     ----------
     images : (B, H, W) detector counts
     origin : (B, 2) initial central-beam positions ``(x, y)``
-    A : (B, 2, 2) initial transforms of the base reflections
-    reflections : (J, 2) or (B, J, 2) base reflection vectors ``g_j`` (pixels)
+    A : (B, 2, 2) initial transforms of the base reflections, or
+        (B, K, 2, 2) several starts, start ``k`` transforming base ``k``
+    reflections : (J, 2) or (B, J, 2) base reflection vectors ``g_j``
+        (pixels); with several starts (K, J, 2) or (B, K, J, 2), one base each
     disk : (n,) radial profile of a disk (1 inside, 0 far outside), sampled
         every ``disk_dr`` pixels from ``r = 0``, or (m, n) several: the
         central disk uses row 0 and reflection ``j`` row ``rows[j]``
@@ -167,10 +176,6 @@ def fit_disk_lattice(
     unbiased : count each disk's information with ``a^2 - var(a)`` rather
         than its fitted amplitude squared, which noise inflates (set False
         for noise-free patterns, whose amplitudes are exact)
-    evaluate_only : only solve the linear parameters at the start and
-        return ``{"misfit": (B,)}``, the Bragg disks' Poisson deviance per
-        pixel there (how badly disks at the start sit on the pattern; starts
-        of one pattern compare by it)
 
     Returns
     -------
@@ -184,12 +189,14 @@ def fit_disk_lattice(
     share of the information on ``A`` (the trace of its term in the
     ``A`` block, ``|g_j|^2`` times its position information with the
     fitted amplitude, which noise inflates for faint disks; 0 for the
-    central beam), which says which reflections carry the strain.
+    central beam), which says which reflections carry the strain, and
+    ``start`` (B,) the start the fit went on from (0 with one).
     """
     B, H, W = images.shape
     dt, dev = images.dtype, images.device
-    g = reflections.expand(B, -1, -1) if reflections.dim() == 2 else reflections
-    g = torch.cat([torch.zeros(B, 1, 2, dtype=g.dtype, device=g.device), g], 1).to(dt)  # the central beam: g = 0
+    K = A.shape[1] if A.dim() == 4 else 1  # starts per pattern, side by side as B * K rows until one is kept
+    g = reflections.expand((B,) + reflections.shape[-(2 if K == 1 else 3):]).reshape(B * K, -1, 2)
+    g = torch.cat([torch.zeros(B * K, 1, 2, dtype=g.dtype, device=g.device), g], 1).to(dt)  # the central beam: g = 0
     J = g.shape[1]
     if band is None:
         bands = [profile_band(d, disk_dr) for d in disk.reshape(-1, disk.shape[-1])]
@@ -204,26 +211,34 @@ def fit_disk_lattice(
         bragg = torch.ones(J - 1, dtype=torch.long, device=dev) if rows is None else rows.to(dev).long()
         row = torch.cat([torch.zeros(1, dtype=torch.long, device=dev), bragg]).view(1, J, 1)
     bg = None if background is None else background.to(dev, dt)
-    origin, A = origin.to(dt).clone(), A.to(dt).clone()
+    origin, A = origin.to(dt).repeat_interleave(K, 0), A.to(dt).reshape(B * K, 2, 2).clone()
     eye = torch.eye(6, dtype=dt, device=dev)
     gx, gy = g[..., 0], g[..., 1]
     one, zero = torch.ones_like(gx), torch.zeros_like(gx)
     # d c_x / d theta and d c_y / d theta, theta = (o_x, o_y, A00, A01, A10, A11).
     ux = torch.stack([one, zero, gx, gy, zero, zero], -1)
     uy = torch.stack([zero, one, zero, zero, gx, gy], -1)
-    w = lam = None
+    lam = None
     m_edge = min_on_detector * radius
     moving = torch.ones(B, dtype=torch.bool, device=dev)
+    start = torch.zeros(B, dtype=torch.long, device=dev)
     last_gather = max(regather, default=0)
+
+    def expected(a, b, s, prof, m):  # the model's counts at every window pixel
+        lam = a[..., None] * prof
+        if local_background:
+            lam = lam + b[..., None]
+        return lam if m is None else lam + s[:, None, None] * m
+
     for it in range(max(iterations, 1)):
-        centers = origin[:, None] + g @ A.transpose(-1, -2)  # (B, J, 2)
+        centers = origin[:, None] + g @ A.transpose(-1, -2)  # (B * K, J, 2) until one start is kept, then (B, J, 2)
         if it == 0 or it in regather:
-            vals, px, py, inside = gather_windows(images, centers, offsets)
+            vals, px, py, inside = (t.reshape(centers.shape[:2] + (-1,))
+                                    for t in gather_windows(images, centers.reshape(B, -1, 2), offsets))
             m = None
             if bg is not None:  # the smooth background hardly changes as the origin settles
                 rb = torch.sqrt((px - origin[:, 0, None, None]) ** 2 + (py - origin[:, 1, None, None]) ** 2)
                 m = table_lookup(bg, background_dr, rb)[0]
-            w = None
         on = ((centers[..., 0] >= -m_edge) & (centers[..., 0] <= W - 1 + m_edge)
               & (centers[..., 1] >= -m_edge) & (centers[..., 1] <= H - 1 + m_edge))
         if not use_central:
@@ -233,23 +248,30 @@ def fit_disk_lattice(
         r = torch.sqrt(dx * dx + dy * dy).clamp_(min=1e-6)
         w0 = inside * ((r <= outer) & (r >= inner)) * on[..., None]
         prof, slope = table_lookup(disk, disk_dr, r, row)
-        # Poisson weights from the last model (after a new gather, from a
+        # Poisson weights from the last model (on windows gathered again,
+        # its linear parameters with the new pixels; at the start, from a
         # first unweighted solve); one set serves the linear solve, the
         # information and the step.
-        for _ in range(2 if w is None else 1):
-            w = w0 if w is None else w0 / lam.clamp_min(noise_floor)
+        if it > 0 and it in regather:
+            lam = expected(a, b, s, prof, m)
+        for _ in range(2 if it == 0 else 1):
+            w = w0 if lam is None else w0 / lam.clamp_min(noise_floor)
             sums = linear_sums(vals, prof, m, w, local_background)
             a, b, s = solve_linear(sums)
-            lam = a[..., None] * prof
-            if local_background:
-                lam = lam + b[..., None]
-            if m is not None:
-                lam = lam + s[:, None, None] * m
-        res = vals - lam
-        if evaluate_only:  # Poisson deviance per pixel of the Bragg disks' windows
+            lam = expected(a, b, s, prof, m)
+        if K > 1 and it == 0:  # keep each pattern's best start: least Poisson deviance per pixel of its Bragg disks
             lam_ = lam.clamp_min(noise_floor)
-            dev = 2 * (torch.special.xlogy(vals, vals / lam_) - (vals - lam_)) * w0
-            return {"misfit": dev[:, 1:].sum((1, 2)) / w0[:, 1:].sum((1, 2)).clamp_min(1)}
+            deviance = 2 * (torch.special.xlogy(vals, vals / lam_) - (vals - lam_)) * w0
+            misfit = deviance[:, 1:].sum((1, 2)) / w0[:, 1:].sum((1, 2)).clamp_min(1)
+            start = misfit.view(B, K).argmin(1)
+            kept = torch.arange(B, device=dev) * K + start
+            (origin, A, g, ux, uy, vals, px, py, inside, on, dx, dy, r, w0, prof, slope, w, lam, a, b, s) = (
+                t[kept] for t in (origin, A, g, ux, uy, vals, px, py, inside, on, dx, dy, r, w0, prof, slope, w, lam,
+                                  a, b, s))
+            m = None if m is None else m[kept]
+            sums = {key: v[kept] for key, v in sums.items()}
+            gx, gy = g[..., 0], g[..., 1]
+        res = vals - lam
         # d lambda / d c = -q (dx, dy) with q = a p'(r) / r.
         q = a[..., None] * slope / r
         kx, ky = w * q * dx, w * q * dy  # -(w d lambda/d c)
@@ -303,19 +325,19 @@ def fit_disk_lattice(
     dof = w0.sum((1, 2)) - n_lin - 6
     disk_information = (sxx + syy) * (gx * gx + gy * gy)
     return dict(origin=origin, A=A, information=info, amplitudes=a, offsets=b, background=s, on=on, chi2=chi2,
-                dof=dof, disk_information=disk_information)
+                dof=dof, disk_information=disk_information, start=start)
 
 
 def fit_central_beam(images: torch.Tensor, origin: torch.Tensor, disk: torch.Tensor, disk_dr: float, radius: float,
-                     *, iterations: int = 3) -> torch.Tensor:
+                     *, iterations: int = 3, fit=fit_disk_lattice) -> torch.Tensor:
     """Central-beam positions ``(B, 2)``: a likelihood fit of the central disk
     alone (profile ``disk``, its row 0 if it has several) from ``origin``
     (B, 2), windows gathered again at every step. The bright central beam
     pins the origin to a few thousandths of a pixel, so lattice searches
-    and fits can start from it."""
+    and fits can start from it. ``fit``: :func:`fit_disk_lattice`, or the same compiled."""
     disk = disk[0] if disk.dim() == 2 else disk
     eye = torch.eye(2, dtype=images.dtype, device=images.device).expand(len(images), 2, 2)
-    out = fit_disk_lattice(images, origin, eye, torch.zeros(0, 2, dtype=images.dtype, device=images.device), disk,
+    out = fit(images, origin, eye, torch.zeros(0, 2, dtype=images.dtype, device=images.device), disk,
                  disk_dr, radius, band=profile_band(disk, disk_dr), iterations=iterations,
                  regather=tuple(range(iterations)))
     return out["origin"]

@@ -242,18 +242,22 @@ class CCSTAE(nn.Module):
             A0, _ = self.seed_rotation(x, A0, origin, k)
         return A0
 
-    def fit_patterns(self, x: torch.Tensor, k: torch.Tensor, origin: torch.Tensor, iterations: int,
-                     evaluate_only: bool = False, fit=fit_disk_lattice) -> dict:
+    def fit_patterns(self, x: torch.Tensor, k: torch.Tensor | None, origin: torch.Tensor, iterations: int,
+                     fit=fit_disk_lattice) -> dict:
         """:func:`~stemae.strain.ccstae.likelihood.fit_disk_lattice` (or ``fit``, the
         same compiled) of patterns ``x`` (B, Qy, Qx) from base ``k`` (B,) and
-        central beam ``origin`` (B, 2) (see :meth:`start`); ``evaluate_only``
-        returns how badly the base's disks sit on each pattern at the start
-        (``misfit``)."""
-        return fit(x, origin, self.start(x, origin, k), self.reflections()[k], self.disk(), DISK_DR,
-                   self.radius, rows=self.rows(), band=self.band(), background=self.background,
-                   background_dr=BACKGROUND_DR, iterations=iterations,
-                   regather=tuple(range(min(2, iterations))), local_background=False,
-                   noise_floor=NOISE_FLOOR, evaluate_only=evaluate_only)
+        central beam ``origin`` (B, 2) (see :meth:`start`), or with ``k``
+        None from every base, each pattern going on from the one whose disks
+        sit best on it. The result's ``base`` (B,) is the base fitted."""
+        if k is None:
+            every = [torch.full((len(x),), kk, dtype=torch.long, device=x.device) for kk in range(self.K)]
+            A0, g = torch.stack([self.start(x, origin, kk) for kk in every], 1), self.reflections()
+        else:
+            A0, g = self.start(x, origin, k), self.reflections()[k]
+        out = fit(x, origin, A0, g, self.disk(), DISK_DR, self.radius, rows=self.rows(), band=self.band(),
+                  background=self.background, background_dr=BACKGROUND_DR, iterations=iterations,
+                  regather=tuple(range(min(2, iterations))), local_background=False, noise_floor=NOISE_FLOOR)
+        return {**out, "base": out["start"] if k is None else k}
 
     def distortion(self, G: torch.Tensor) -> torch.Tensor:
         """Distortion (B, K) of lattices ``G`` (B, 2, 2) relative to each base (see :func:`stretch`)."""

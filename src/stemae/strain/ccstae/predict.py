@@ -37,28 +37,24 @@ COMPILED_CPU_BATCH = 128  # largest sub-batch of the compiled fits on a CPU (fus
 
 @torch.no_grad()
 def _predict_batch(model: CCSTAE, x: torch.Tensor, iterations: int, area: torch.Tensor,
-                   base: torch.Tensor | None = None, fit=fit_disk_lattice) -> dict[str, np.ndarray]:
+                   base: torch.Tensor | None = None, fit=fit_disk_lattice, encode=None) -> dict[str, np.ndarray]:
     """:func:`predict`'s work on patterns ``x`` (B, Qy, Qx); ``base`` (B,)
-    forces the base the fits start from; ``fit`` is the likelihood fit of
-    every pattern of the batch (compiled for this batch size, or not).
-    Returns its outputs, one row per pattern."""
+    forces the base the fits start from; ``fit`` and ``encode`` are the
+    likelihood fit and the model's forward pass (compiled for this batch
+    size, or not; default ``model``). Returns its outputs, one row per
+    pattern."""
+    encode = model if encode is None else encode
     device = x.device
-    disk = model.disk()
-    logits, _, origin, _ = model(x)
+    logits, _, origin, _ = encode(x)
     k = logits.argmax(-1)
-    b = torch.arange(len(x), device=device)
-    o0 = fit_central_beam(x, origin[b, k], disk, DISK_DR, model.radius, iterations=2)
-    # The fit starts from the base whose disks sit best on the pattern
-    # (least misfit); where the fitted lattice lies nearer another base, a
-    # fit from that base instead (a start a few per cent off converges only
-    # partly).
-    if base is not None:
-        k = base
-    elif model.K > 1:
-        misfit = [model.fit_patterns(x, torch.full_like(k, kk), o0, 1, evaluate_only=True, fit=fit)["misfit"]
-                  for kk in range(model.K)]
-        k = torch.stack(misfit, 1).argmin(1)
-    fit_ = model.fit_patterns(x, k, o0, iterations, fit=fit)
+    o0 = fit_central_beam(x, origin[torch.arange(len(x), device=device), k], model.disk(), DISK_DR, model.radius,
+                          iterations=2, fit=fit)
+    # The fit goes on from the base whose disks sit best on the pattern
+    # (unless ``base`` says which); where the fitted lattice lies nearer
+    # another base, a fit from that base instead (a start a few per cent off
+    # converges only partly).
+    fit_ = model.fit_patterns(x, base, o0, iterations, fit=fit)
+    k = fit_["base"]
     G = fit_["A"] @ model.G[k]
     near = model.distortion(G).argmin(-1)
     redo = torch.nonzero(near != k)[:, 0]
@@ -115,14 +111,14 @@ class PredictStep:
     the diagnostics' per-batch part
     (:func:`~stemae.strain.diagnostics.batch_statistics`).
 
-    ``compile``: the likelihood fits run through ``torch.compile`` (fused
-    kernels, about twice the rate on a CPU, the same results to float32
-    rounding), compiled once per process on the first call (about a minute
-    on 2 cores, less with PyTorch's compile cache), for sub-batches of
-    exactly ``batch_size`` (the last one is padded; on a CPU at most
-    :data:`COMPILED_CPU_BATCH`, about 1.15x faster than 256). Where PyTorch
-    cannot compile (no C++ compiler), a warning says so and the step runs as
-    it is.
+    ``compile``: the likelihood fits and the encoder run through
+    ``torch.compile`` (fused kernels, about twice the rate on a CPU, the
+    same results to float32 rounding), compiled once per process on the
+    first call (about a minute on 2 cores, less with PyTorch's compile
+    cache), for sub-batches of exactly ``batch_size`` (the last one is
+    padded; on a CPU at most :data:`COMPILED_CPU_BATCH`, about 1.15x faster
+    than 256). Where PyTorch cannot compile (no C++ compiler), a warning
+    says so and the step runs as it is.
     """
 
     signal_ndim = 2
@@ -133,13 +129,13 @@ class PredictStep:
         if compile and device == "cpu":
             batch_size = min(batch_size, COMPILED_CPU_BATCH)
         self.iterations, self.batch_size, self.device, self.compile = iterations, batch_size, device, compile
-        self._fit = None
+        self._compiled = None
         disk = model.disk()
         r_tab = torch.arange(disk.shape[-1], dtype=torch.float64, device=disk.device) * DISK_DR
         self.area = ((2 * math.pi * r_tab * disk.double()).sum(-1) * DISK_DR)[model.rows()].float()  # (J,) px
 
     def __getstate__(self):  # a compiled function stays in its process
-        return {**self.__dict__, "_fit": None}
+        return {**self.__dict__, "_compiled": None}
 
     def results(self) -> dict:
         shapes = dict(OUTPUTS, probabilities=(self.model.K,), disk_intensity=(self.model.hk.shape[0],))
@@ -156,17 +152,18 @@ class PredictStep:
         n = len(x)
         if n < self.batch_size:
             x = torch.cat([x, x[-1:].expand(self.batch_size - n, -1, -1)])
-        if self._fit is None:
-            self._fit = torch.compile(fit_disk_lattice, dynamic=False)
+        if self._compiled is None:
+            self._compiled = dict(fit=torch.compile(fit_disk_lattice, dynamic=False),
+                                  encode=torch.compile(self.model, dynamic=False))
         try:
             with warnings.catch_warnings():  # PyTorch's own deprecations while compiling are not the user's
                 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.")
                 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
-                out = _predict_batch(self.model, x, self.iterations, self.area, fit=self._fit)
+                out = _predict_batch(self.model, x, self.iterations, self.area, **self._compiled)
         except torch._dynamo.exc.BackendCompilerFailed as e:
             warnings.warn(f"torch.compile is not available here ({str(e).splitlines()[0][:200]}); "
                           "predicting without it", RuntimeWarning, stacklevel=2)
-            self.compile, self._fit = False, None
+            self.compile, self._compiled = False, None
             out = _predict_batch(self.model, x, self.iterations, self.area)
         return {k: v[:n] for k, v in out.items()}
 
