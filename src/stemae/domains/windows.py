@@ -232,9 +232,10 @@ def spectral_order(spectra: torch.Tensor, floor: float = 0.0) -> tuple[torch.Ten
     The whitened power (:func:`whitened_power`), averaged over 3x3
     frequency pixels (the Hann taper's main lobe), is searched for local
     maxima between :data:`R_MIN` and the crop's inscribed circle
-    (:func:`_band_maxima`); the largest is the order statistic. Whitening favours harmonics (the noise falls off with
-    frequency where the image has correlated noise), and sharp walls put
-    power into them, so the fundamental is the local maximum at the lowest
+    (:func:`_band_maxima`); the largest is the order statistic. Whitening
+    favours harmonics (the noise falls off with frequency where the image
+    has correlated noise), and sharp walls put power into them, so the
+    fundamental is the local maximum at the lowest
     sub-multiple (1/2 to 1/5) of that wave vector whose smoothed whitened
     power is at least :data:`HARMONIC_SHARE` of the maximum and at least
     ``floor``; then the largest magnitude among it and its eight
@@ -352,8 +353,6 @@ def _gumbel_levels(log_order: torch.Tensor) -> tuple[float, float]:
     loc = float(log_order.mean()) - 0.5772156649 * scale  # Euler's constant
     return (math.exp(loc - scale * math.log(math.log(2))),
             math.exp(loc - scale * math.log(-math.log(NULL_QUANTILE))))
-
-
 
 
 def _pooled_peak_order(spectra: torch.Tensor, where: np.ndarray) -> torch.Tensor:

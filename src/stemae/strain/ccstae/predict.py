@@ -186,10 +186,10 @@ def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, 
     in process or on a Dask ``client``, resumable with a ``store``): the
     central beam, then a likelihood fit
     (:func:`~stemae.strain.ccstae.likelihood.fit_disk_lattice`, windows gathered again
-    in the first steps, so a start a few pixels off converges) from the
-    base that fits best, or for a sample of many orientations from the
-    base turned by the orientation search. Then, over the whole map: with
-    several bases, a position whose class most of its neighbours do not
+    in the first steps, so a start a few pixels off converges) started
+    from every base (for a sample of many orientations, every base turned
+    by the orientation search) and going on from the one that fits best.
+    Then, over the whole map: with several bases, a position whose class most of its neighbours do not
     share (five or more of its eight agreeing on another) is fitted again
     from their base, and the new fit is kept where it ends nearest that base
     (at a few electrons per disk a fit started from the wrong phase can stay
