@@ -42,11 +42,12 @@ TURN_MARGIN = math.radians(3.0)  # orientation search reaches this beyond the tr
 KEEP_INFORMATION = 0.995  # share of each base's strain information the kept reflections hold
 
 
-def _refine_bases(G: np.ndarray, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def refine_bases(G: np.ndarray, bases: np.ndarray, rotate: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Bases re-estimated from many lattices ``G`` (N, 2, 2): each lattice
     goes to the base it matches with least distortion, and each base becomes
-    its members' median stretch and mean rotation relative to it (robust
-    to the odd failed fit). Returns bases (K, 2, 2) and classes (N,)."""
+    its members' median stretch and (with ``rotate``; leave it off for a
+    sample of many orientations) mean rotation relative to it (robust to
+    the odd failed fit). Returns bases (K, 2, 2) and classes (N,)."""
     dist = np.stack([np.linalg.norm(np.log(np.linalg.svd(align_to_reference(G, Gk) @ np.linalg.inv(Gk),
                                                            compute_uv=False)), axis=-1) for Gk in bases], 1)
     cls = dist.argmin(1)
@@ -56,7 +57,7 @@ def _refine_bases(G: np.ndarray, bases: np.ndarray) -> tuple[np.ndarray, np.ndar
         if len(members) == 0:
             continue
         R, U = polar_decomposition(deformation_from_reciprocal(members, Gk))
-        angle = np.arctan2(R[:, 1, 0], R[:, 0, 0]).mean()
+        angle = np.arctan2(R[:, 1, 0], R[:, 0, 0]).mean() if rotate else 0.0
         out[k] = reciprocal_from_deformation(rotation_matrix(angle) @ np.median(U, axis=0), Gk)
     return out, cls
 
@@ -159,7 +160,8 @@ def initialise(data, n_classes: int, n_init: int, seed: int, progress: bool = Fa
     ``disks`` (template and voigt tables), ``voigt`` (its parameters),
     ``background``, ``radius``, ``center``, ``max_turn`` and ``spread``
     (radians), ``tile``
-    (side in scan positions), ``check`` (:func:`~stemae.strain.pooled.lattice_check`
+    (side in scan positions), ``sample`` (T * t, t, Qy, Qx) the
+    patterns of the T tiles (t x t positions each) stacked as a scan, ``check`` (:func:`~stemae.strain.pooled.lattice_check`
     of the tile sums).
     """
     Ry, Rx, Qy, Qx = data.shape
@@ -271,7 +273,7 @@ def initialise(data, n_classes: int, n_init: int, seed: int, progress: bool = Fa
     # phases blur the first estimate).
     G_pat = second["A"].double().numpy() @ Gk[cls]
     if n_classes > 1:
-        Gk, cls = _refine_bases(G_pat, Gk)
+        Gk, cls = refine_bases(G_pat, Gk)
     kept = _informative(second["disk_information"][:, 1:].double().numpy(), cls, n_classes)
     hk, shells = hk[kept], shells[kept]
     total = np.maximum(patterns[sel].sum((1, 2)), 1.0)
@@ -290,4 +292,5 @@ def initialise(data, n_classes: int, n_init: int, seed: int, progress: bool = Fa
     max_turn = np.pi if spread > SEARCH_TURN else spread + TURN_MARGIN
     return dict(G=Gk, hk=hk, shells=shells, strength=strength, disks=tables,
                 voigt=dict(central=voigt_params, shells=shell_params), background=background, radius=radius,
-                center=center, max_turn=max_turn, spread=spread, tile=int(tile), check=check)
+                center=center, max_turn=max_turn, spread=spread, tile=int(tile), check=check,
+                sample=patterns.reshape(T * math.isqrt(n), math.isqrt(n), Qy, Qx))

@@ -10,10 +10,44 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from stemae.data.blocks import read_patterns
-from stemae.strain.ccstae.init import initialise
+from stemae.strain.ccstae.init import initialise, refine_bases
 from stemae.strain.ccstae.likelihood import fit_central_beam
-from stemae.strain.ccstae.model import CCSTAE, CLASS_SCALE, PROFILES, stretch
+from stemae.strain.ccstae.model import CCSTAE, CLASS_SCALE, PROFILES, SEARCH_TURN, stretch
+from stemae.strain.ccstae.predict import predict
 from stemae.strain.profiles import DISK_DR
+
+SETTLE_ROUNDS = 4  # most rounds of :func:`settle_bases`
+SETTLE_TOL = 5e-4  # ... which stop once no base entry moves by more than this fraction of the base's size
+
+
+def settle_bases(model: CCSTAE, sample: np.ndarray, *, device: str = "cpu", rounds: int = SETTLE_ROUNDS,
+                 tol: float = SETTLE_TOL) -> list[float]:
+    """Set the model's bases where its own prediction puts the patterns of
+    ``sample`` (Ry, Rx, Qy, Qx; neighbouring positions, so that isolated
+    phases are fitted again as :func:`~stemae.strain.ccstae.predict.predict`
+    does).
+
+    At a few electrons per disk a per-pattern fit converges only part of the
+    way from its start, the base, so every lattice measured inherits part of
+    the base's error, and strain against a reference of another phase with
+    it. Each round predicts the sample and sets every base to its members'
+    median stretch (and, for a sample of one orientation, mean rotation,
+    :func:`~stemae.strain.ccstae.init.refine_bases`), until no entry of a
+    base moves by more than ``tol`` of its size, at most ``rounds`` times.
+    Returns each round's largest relative move.
+    """
+    moves = []
+    for _ in range(rounds):
+        pred = predict(model, sample, device=device, compile=False)
+        G = pred["G"].reshape(-1, 2, 2).astype(np.float64)
+        old = model.G.detach().cpu().double().numpy()
+        new, _ = refine_bases(G[np.isfinite(G).all((1, 2))], old, rotate=model.max_turn <= SEARCH_TURN)
+        with torch.no_grad():
+            model.G.copy_(torch.as_tensor(new, dtype=model.G.dtype))
+        moves.append(float((np.abs(new - old).max((1, 2)) / np.linalg.norm(old, axis=(1, 2))).max()))
+        if moves[-1] < tol:
+            break
+    return moves
 
 
 def fit(
@@ -55,7 +89,9 @@ def fit(
     -------
     model : CCSTAE
     record : dict with the per-epoch ``loss``, the settings used, the
-        indexing check of the pooled lattice and the pseudo-Voigt parameters
+        indexing check of the pooled lattice, the pseudo-Voigt parameters
+        and ``base_moves``, each round of :func:`settle_bases` (after the
+        epochs)
     """
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
@@ -102,7 +138,8 @@ def fit(
             total += loss.item() * len(x)
         losses.append(total / len(train))
         bar.set_postfix(loss=f"{losses[-1]:.4g}")
+    moves = settle_bases(model, init["sample"], device=device)
     record = dict(loss=losses, epochs=epochs, n_train=len(train), n_init=n_init, batch_size=batch_size, lr=lr,
                   reg=reg, seed=seed, n_classes=n_classes, profile=profile, tile=init["tile"],
-                  indexing=init["check"], voigt=init["voigt"], max_turn_deg=math.degrees(init["max_turn"]))
+                  indexing=init["check"], voigt=init["voigt"], max_turn_deg=math.degrees(init["max_turn"]), base_moves=moves)
     return model, record
