@@ -159,10 +159,10 @@ def initialise(data, n_classes: int, n_init: int, seed: int, progress: bool = Fa
     dict of ``G`` (K, 2, 2), ``hk``, ``shells``, ``strength`` (K, J),
     ``disks`` (template and voigt tables), ``voigt`` (its parameters),
     ``background``, ``radius``, ``center``, ``max_turn`` and ``spread``
-    (radians), ``tile``
-    (side in scan positions), ``sample`` (T * t, t, Qy, Qx) the
-    patterns of the T tiles (t x t positions each) stacked as a scan, ``check`` (:func:`~stemae.strain.pooled.lattice_check`
-    of the tile sums).
+    (radians), ``tile`` (side in scan positions), ``sample`` (T * t, t,
+    Qy, Qx) the patterns of the T tiles (t x t positions each) stacked as
+    a scan, ``check`` (:func:`~stemae.strain.pooled.lattice_check` of the
+    tile sums).
     """
     Ry, Rx, Qy, Qx = data.shape
     rng = np.random.default_rng(seed)

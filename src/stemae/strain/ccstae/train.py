@@ -141,5 +141,6 @@ def fit(
     moves = settle_bases(model, init["sample"], device=device)
     record = dict(loss=losses, epochs=epochs, n_train=len(train), n_init=n_init, batch_size=batch_size, lr=lr,
                   reg=reg, seed=seed, n_classes=n_classes, profile=profile, tile=init["tile"],
-                  indexing=init["check"], voigt=init["voigt"], max_turn_deg=math.degrees(init["max_turn"]), base_moves=moves)
+                  indexing=init["check"], voigt=init["voigt"], max_turn_deg=math.degrees(init["max_turn"]),
+                  base_moves=moves)
     return model, record
