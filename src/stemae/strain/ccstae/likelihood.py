@@ -334,12 +334,13 @@ def fit_central_beam(images: torch.Tensor, origin: torch.Tensor, disk: torch.Ten
     alone (profile ``disk``, its row 0 if it has several) from ``origin``
     (B, 2), windows gathered again at every step. The bright central beam
     pins the origin to a few thousandths of a pixel, so lattice searches
-    and fits can start from it. ``fit``: :func:`fit_disk_lattice`, or the same compiled."""
+    and fits can start from it. ``fit``: :func:`fit_disk_lattice`, or the
+    same compiled."""
     disk = disk[0] if disk.dim() == 2 else disk
     eye = torch.eye(2, dtype=images.dtype, device=images.device).expand(len(images), 2, 2)
     out = fit(images, origin, eye, torch.zeros(0, 2, dtype=images.dtype, device=images.device), disk,
-                 disk_dr, radius, band=profile_band(disk, disk_dr), iterations=iterations,
-                 regather=tuple(range(iterations)))
+              disk_dr, radius, band=profile_band(disk, disk_dr), iterations=iterations,
+              regather=tuple(range(iterations)))
     return out["origin"]
 
 

@@ -189,11 +189,12 @@ def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, 
     in the first steps, so a start a few pixels off converges) started
     from every base (for a sample of many orientations, every base turned
     by the orientation search) and going on from the one that fits best.
-    Then, over the whole map: with several bases, a position whose class most of its neighbours do not
-    share (five or more of its eight agreeing on another) is fitted again
-    from their base, and the new fit is kept where it ends nearest that base
-    (at a few electrons per disk a fit started from the wrong phase can stay
-    near it); twice, as a corrected position can leave a neighbour isolated.
+    Then, over the whole map: with several bases, a position whose class
+    most of its neighbours do not share (five or more of its eight agreeing
+    on another) is fitted again from their base, and the new fit is kept
+    where it ends nearest that base (at a few electrons per disk a fit
+    started from the wrong phase can stay near it); twice, as a corrected
+    position can leave a neighbour isolated.
     ``compile`` (see :class:`PredictStep`; default: from
     :data:`COMPILE_ABOVE` patterns on, where it saves more than it costs).
 
