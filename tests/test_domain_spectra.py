@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from stemae.domains.lockin import lock_in, relative_contrast
+from stemae.domains.lockin import banked_lock_in, lock_in, relative_contrast
 from stemae.domains.run import map_domains
 from stemae.domains.windows import (choose_window, hann, order_null, pooled_order, spectra_of_windows,
                                     spectral_order, window_ffts, window_stripes)
@@ -113,6 +113,28 @@ def test_lock_in_reads_the_share_of_a_region_across_its_wall():
     np.testing.assert_allclose(amp[0], contrast / 2, rtol=0.1)
     np.testing.assert_allclose(amp[1] / amp[0], 0.5, atol=0.08)
     assert amp[2] < 0.1 * amp[0] and amp[3] < 0.1 * amp[0]
+
+
+def test_banked_lock_in_follows_stripes_that_bend():
+    """Where a region's stripes have turned by 15 degrees and stretched by
+    15 % from the wave its window measured (bending, uneven walls), the
+    lock-in at that wave loses about a third of their amplitude; the bank
+    of turned and stretched waves reads their full amplitude (half the
+    contrast), and still next to nothing at 90 degrees."""
+    period, angle, contrast = 20.0, 30.0, 0.1
+    yy, xx = np.mgrid[0:256, 0:256].astype(float)
+    t = np.deg2rad(angle + 15.0)
+    wave = np.array([-np.sin(t), np.cos(t)]) / (1.15 * period)
+    stripes = contrast * np.cos(2 * np.pi * (wave[0] * xx + wave[1] * yy))
+    contrast_map = relative_contrast(np.random.default_rng(4).poisson(200 * (1 + stripes)).astype(np.float32), period)
+    point = np.array([[128, 128]])
+    t0 = np.deg2rad(angle)
+    plain = lock_in(contrast_map, point, np.array([[-np.sin(t0), np.cos(t0)]]) / period, np.array([0.5 * period]))
+    banked = banked_lock_in(contrast_map, point, np.array([angle]), np.array([period]))
+    across = banked_lock_in(contrast_map, point, np.array([angle + 90.0]), np.array([period]))
+    assert plain[0] < 0.75 * contrast / 2
+    np.testing.assert_allclose(banked[0], contrast / 2, rtol=0.1)
+    assert across[0] < 0.1 * banked[0]
 
 
 def test_independent_generator_is_mapped():

@@ -6,7 +6,10 @@ is known, its local amplitude can be read much more finely by complex
 demodulation: the image's relative contrast times ``exp(-2 pi i k . x)``,
 averaged under a Gaussian of about half a period. The amplitude of a wave
 at a point over its amplitude inside its own region is the share of the
-Gaussian that region covers: one half on a straight wall.
+Gaussian that region covers: one half on a straight wall. Walls bend and
+periods drift within a region, so a wave is read at both points as the
+largest amplitude over a small bank of turns and stretches of it
+(:func:`banked_lock_in`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ from scipy import ndimage
 
 #: Standard deviation of the lock-in's Gaussian, in periods of the wave.
 LOCK_IN_WIDTH = 0.5
+#: Turns (degrees) and stretches of the period of the bank of waves a stripe
+#: wave is read with (:func:`banked_lock_in`): a Gaussian of half a period
+#: passes waves within about 18 degrees and 30 % of its own.
+BANK_TURNS = (-12.0, 0.0, 12.0)
+BANK_STRETCHES = (0.87, 1.0, 1.15)
 
 
 def relative_contrast(frame: np.ndarray, scale: float) -> np.ndarray:
@@ -64,3 +72,34 @@ def lock_in(contrast: np.ndarray, points: np.ndarray, waves: np.ndarray, sigma: 
         z = (g * padded[rows, cols] * phase).sum((1, 2))
         out[i:i + batch_size] = np.abs(z) / g.sum((1, 2))
     return out
+
+
+def banked_lock_in(contrast: np.ndarray, points: np.ndarray, angle: np.ndarray, period: np.ndarray) -> np.ndarray:
+    """Largest :func:`lock_in` amplitude over a bank of waves around a stripe
+    wave: wall angle turned by :data:`BANK_TURNS`, period stretched by
+    :data:`BANK_STRETCHES`, each read under a Gaussian of
+    :data:`LOCK_IN_WIDTH` of its own period. Stripes that bend, or whose
+    walls are spaced unevenly, keep their amplitude where the window's
+    mean wave no longer fits them.
+
+    Parameters
+    ----------
+    contrast : (H, W) relative contrast (:func:`relative_contrast`)
+    points : (N, 2) pixel positions ``(y, x)``
+    angle : (N,) wall angles, degrees (walls normal to the wave vector)
+    period : (N,) stripe periods, px
+
+    Returns
+    -------
+    (N,) amplitudes, as :func:`lock_in`
+    """
+    angle = np.asarray(angle, np.float64).reshape(-1)
+    period = np.asarray(period, np.float64).reshape(-1)
+    best = np.zeros(len(angle))
+    for turn in BANK_TURNS:
+        theta = np.deg2rad(angle + turn)
+        for stretch in BANK_STRETCHES:
+            p = stretch * period
+            waves = np.stack([-np.sin(theta), np.cos(theta)], -1) / p[:, None]
+            best = np.maximum(best, lock_in(contrast, points, waves, LOCK_IN_WIDTH * p))
+    return best

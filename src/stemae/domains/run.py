@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from stemae.data.results import atomic_path, write_results
 from stemae.domains import model as ae
-from stemae.domains.lockin import LOCK_IN_WIDTH, lock_in, relative_contrast
+from stemae.domains.lockin import banked_lock_in, relative_contrast
 from stemae.domains.segment import (REFERENCE_GUARD, assign_types, assign_walls, boundary_mask, domain_statistics,
                                     drop_empty_types, refine_boundaries, segment, wall_pairs)
 from stemae.domains.windows import (check_windowing, choose_window, half_window_power, order_null, pooled_order,
@@ -200,10 +200,10 @@ def boundary_power(images: np.ndarray, labels: np.ndarray, window: int, stride: 
 def refine_walls(images: np.ndarray, labels: np.ndarray, orientation: np.ndarray, period: np.ndarray,
                  centres: np.ndarray) -> np.ndarray:
     """Types of the windows on boundaries from the lock-in amplitude
-    (:func:`~stemae.domains.lockin.lock_in`) of their neighbours' stripe
-    waves: each interior window of a neighbouring type (its fundamental
-    wave, a Gaussian of :data:`~stemae.domains.lockin.LOCK_IN_WIDTH`
-    periods) is read at the boundary window's centre and at its own; the
+    (:func:`~stemae.domains.lockin.banked_lock_in`) of their neighbours'
+    stripe waves: each interior window of a neighbouring type (its
+    fundamental wave, turned and stretched a little for bending and uneven
+    walls) is read at the boundary window's centre and at its own; the
     ratio is the share of the boundary window's centre that type covers
     (:func:`~stemae.domains.segment.assign_walls`).
 
@@ -220,9 +220,6 @@ def refine_walls(images: np.ndarray, labels: np.ndarray, orientation: np.ndarray
     """
     out = labels.copy()
     edges = boundary_mask(labels)
-    theta = np.deg2rad(orientation)
-    waves = np.stack([-np.sin(theta), np.cos(theta)], -1) / period[..., None]
-    sigma = LOCK_IN_WIDTH * period
     for t, frame in enumerate(images):
         pairs = wall_pairs(labels[t], edges[t])
         if not len(pairs):
@@ -230,10 +227,11 @@ def refine_walls(images: np.ndarray, labels: np.ndarray, orientation: np.ndarray
         contrast = relative_contrast(frame, float(np.nanmax(period[t][labels[t] > 0])))
         inner = (labels[t] > 0) & ~edges[t]
         own = np.full(labels.shape[1:], np.nan)
-        own[inner] = lock_in(contrast, centres[inner], waves[t][inner], sigma[t][inner])
+        own[inner] = banked_lock_in(contrast, centres[inner], orientation[t][inner], period[t][inner])
         typical = {s: np.median(own[inner & (labels[t] == s)]) for s in np.unique(labels[t][inner])}
         a, b = pairs[:, 3], pairs[:, 4]
-        at_edge = lock_in(contrast, centres[pairs[:, 0], pairs[:, 1]], waves[t][a, b], sigma[t][a, b])
+        at_edge = banked_lock_in(contrast, centres[pairs[:, 0], pairs[:, 1]], orientation[t][a, b],
+                                 period[t][a, b])
         usable = own[a, b] >= REFERENCE_GUARD * np.array([typical[s] for s in pairs[:, 2]])
         out[t] = assign_walls(labels[t], pairs, at_edge / np.maximum(own[a, b], 1e-12), usable)
     return out
