@@ -43,35 +43,41 @@ def lock_in(contrast: np.ndarray, points: np.ndarray, waves: np.ndarray, sigma: 
     ----------
     contrast : (H, W) relative contrast (:func:`relative_contrast`)
     points : (N, 2) pixel positions ``(y, x)`` (rounded to whole pixels)
-    waves : (N, 2) wave vectors ``(kx, ky)``, cycles per px
-    sigma : (N,) standard deviation of each Gaussian, px
+    waves : (N, 2) or (N, K, 2) wave vectors ``(kx, ky)``, cycles per px
+        (``K`` waves read at each point)
+    sigma : (N,) or (N, K) standard deviation of each Gaussian, px
 
     Returns
     -------
-    (N,) ``|sum g (contrast) exp(-2 pi i k . x)| / sum g`` over the image
-    pixels within three standard deviations of each point: half the
-    wave's contrast inside a region of it, less towards its walls
+    (N,) or (N, K) ``|sum g (contrast) exp(-2 pi i k . x)| / sum g`` over
+    the image pixels within three standard deviations of the largest
+    Gaussian: half the wave's contrast inside a region of it, less towards
+    its walls. Gaussian and wave are separable in ``y`` and ``x``, so each
+    point's patch is gathered once and each wave costs two small products.
     """
     points = np.round(np.asarray(points)).astype(int).reshape(-1, 2)
-    waves = np.asarray(waves, np.float64).reshape(-1, 2)
-    sigma = np.asarray(sigma, np.float64).reshape(-1)
-    out = np.zeros(len(points))
-    if not len(points):
-        return out
-    r = int(np.ceil(3 * sigma.max()))
-    padded = np.pad(contrast, r)
-    inside = np.pad(np.ones(contrast.shape, np.float32), r)
-    d = np.arange(-r, r + 1)
-    for i in range(0, len(points), batch_size):
-        p, k, s = points[i:i + batch_size], waves[i:i + batch_size], sigma[i:i + batch_size]
-        rows = (p[:, 0] + r)[:, None, None] + d[None, :, None]
-        cols = (p[:, 1] + r)[:, None, None] + d[None, None, :]
-        g = np.exp(-0.5 * (d[None, :, None] ** 2 + d[None, None, :] ** 2) / s[:, None, None] ** 2)
-        g = g * inside[rows, cols]
-        phase = np.exp(-2j * np.pi * (k[:, 0, None, None] * d[None, None, :] + k[:, 1, None, None] * d[None, :, None]))
-        z = (g * padded[rows, cols] * phase).sum((1, 2))
-        out[i:i + batch_size] = np.abs(z) / g.sum((1, 2))
-    return out
+    waves = np.asarray(waves, np.float64)
+    single = waves.ndim == 2
+    waves = waves.reshape(len(points), -1, 2)
+    sigma = np.asarray(sigma, np.float64).reshape(len(points), -1)
+    out = np.zeros(waves.shape[:2])
+    if len(points):
+        r = int(np.ceil(3 * sigma.max()))
+        padded = np.pad(contrast, r)
+        inside = np.pad(np.ones(contrast.shape, np.float32), r)
+        d = np.arange(-r, r + 1)
+        for i in range(0, len(points), batch_size):
+            p, k, s = points[i:i + batch_size], waves[i:i + batch_size], sigma[i:i + batch_size]
+            rows = (p[:, 0] + r)[:, None, None] + d[None, :, None]
+            cols = (p[:, 1] + r)[:, None, None] + d[None, None, :]
+            patch, mask = padded[rows, cols], inside[rows, cols]  # (B, n, n), rows y, columns x
+            g = np.exp(-0.5 * d[None, None, :] ** 2 / s[..., None] ** 2)  # (B, K, n)
+            ex = g * np.exp(-2j * np.pi * k[..., 0, None] * d)
+            ey = g * np.exp(-2j * np.pi * k[..., 1, None] * d)
+            z = np.einsum("bki,bij,bkj->bk", ey, patch, ex)
+            norm = np.einsum("bki,bij,bkj->bk", g, mask, g)
+            out[i:i + batch_size] = np.abs(z) / norm
+    return out[:, 0] if single else out
 
 
 def banked_lock_in(contrast: np.ndarray, points: np.ndarray, angle: np.ndarray, period: np.ndarray) -> np.ndarray:
@@ -93,13 +99,9 @@ def banked_lock_in(contrast: np.ndarray, points: np.ndarray, angle: np.ndarray, 
     -------
     (N,) amplitudes, as :func:`lock_in`
     """
-    angle = np.asarray(angle, np.float64).reshape(-1)
-    period = np.asarray(period, np.float64).reshape(-1)
-    best = np.zeros(len(angle))
-    for turn in BANK_TURNS:
-        theta = np.deg2rad(angle + turn)
-        for stretch in BANK_STRETCHES:
-            p = stretch * period
-            waves = np.stack([-np.sin(theta), np.cos(theta)], -1) / p[:, None]
-            best = np.maximum(best, lock_in(contrast, points, waves, LOCK_IN_WIDTH * p))
-    return best
+    angle = np.asarray(angle, np.float64).reshape(-1, 1, 1)
+    period = np.asarray(period, np.float64).reshape(-1, 1, 1) * np.asarray(BANK_STRETCHES)[None, None, :]
+    theta = np.deg2rad(angle + np.asarray(BANK_TURNS)[None, :, None])  # (N, turns, stretches)
+    waves = np.stack([-np.sin(theta), np.cos(theta)], -1) / period[..., None]
+    sigma = np.broadcast_to(LOCK_IN_WIDTH * period, waves.shape[:3])
+    return lock_in(contrast, points, waves.reshape(len(waves), -1, 2), sigma.reshape(len(waves), -1)).max(-1)
