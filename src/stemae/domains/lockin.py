@@ -58,8 +58,9 @@ def lock_in(contrast: np.ndarray, points: np.ndarray, waves: np.ndarray, sigma: 
     points = np.round(np.asarray(points)).astype(int).reshape(-1, 2)
     waves = np.asarray(waves, np.float64)
     single = waves.ndim == 2
-    waves = waves.reshape(len(points), -1, 2)
-    sigma = np.asarray(sigma, np.float64).reshape(len(points), -1)
+    waves = waves[:, None] if single else waves
+    sigma = np.asarray(sigma, np.float64)
+    sigma = sigma[:, None] if single else sigma
     out = np.zeros(waves.shape[:2])
     if len(points):
         r = int(np.ceil(3 * sigma.max()))
@@ -104,4 +105,5 @@ def banked_lock_in(contrast: np.ndarray, points: np.ndarray, angle: np.ndarray, 
     theta = np.deg2rad(angle + np.asarray(BANK_TURNS)[None, :, None])  # (N, turns, stretches)
     waves = np.stack([-np.sin(theta), np.cos(theta)], -1) / period[..., None]
     sigma = np.broadcast_to(LOCK_IN_WIDTH * period, waves.shape[:3])
-    return lock_in(contrast, points, waves.reshape(len(waves), -1, 2), sigma.reshape(len(waves), -1)).max(-1)
+    bank = len(BANK_TURNS) * len(BANK_STRETCHES)
+    return lock_in(contrast, points, waves.reshape(len(waves), bank, 2), sigma.reshape(len(waves), bank)).max(-1)
