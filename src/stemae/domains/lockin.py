@@ -62,22 +62,23 @@ def lock_in(contrast: np.ndarray, points: np.ndarray, waves: np.ndarray, sigma: 
     sigma = np.asarray(sigma, np.float64)
     sigma = sigma[:, None] if single else sigma
     out = np.zeros(waves.shape[:2])
-    if len(points):
-        r = int(np.ceil(3 * sigma.max()))
-        padded = np.pad(contrast, r)
-        inside = np.pad(np.ones(contrast.shape, np.float32), r)
-        d = np.arange(-r, r + 1)
-        for i in range(0, len(points), batch_size):
-            p, k, s = points[i:i + batch_size], waves[i:i + batch_size], sigma[i:i + batch_size]
-            rows = (p[:, 0] + r)[:, None, None] + d[None, :, None]
-            cols = (p[:, 1] + r)[:, None, None] + d[None, None, :]
-            patch, mask = padded[rows, cols], inside[rows, cols]  # (B, n, n), rows y, columns x
-            g = np.exp(-0.5 * d[None, None, :] ** 2 / s[..., None] ** 2)  # (B, K, n)
-            ex = g * np.exp(-2j * np.pi * k[..., 0, None] * d)
-            ey = g * np.exp(-2j * np.pi * k[..., 1, None] * d)
-            z = np.einsum("bki,bij,bkj->bk", ey, patch, ex)
-            norm = np.einsum("bki,bij,bkj->bk", g, mask, g)
-            out[i:i + batch_size] = np.abs(z) / norm
+    if not len(points):
+        return out[:, 0] if single else out
+    r = int(np.ceil(3 * sigma.max()))
+    padded = np.pad(contrast, r)
+    inside = np.pad(np.ones(contrast.shape, np.float32), r)
+    d = np.arange(-r, r + 1)
+    for i in range(0, len(points), batch_size):
+        p, k, s = points[i:i + batch_size], waves[i:i + batch_size], sigma[i:i + batch_size]
+        rows = (p[:, 0] + r)[:, None, None] + d[None, :, None]
+        cols = (p[:, 1] + r)[:, None, None] + d[None, None, :]
+        patch, mask = padded[rows, cols], inside[rows, cols]  # (B, n, n), rows y, columns x
+        g = np.exp(-0.5 * d[None, None, :] ** 2 / s[..., None] ** 2)  # (B, K, n)
+        ex = g * np.exp(-2j * np.pi * k[..., 0, None] * d)
+        ey = g * np.exp(-2j * np.pi * k[..., 1, None] * d)
+        z = np.einsum("bki,bij,bkj->bk", ey, patch, ex)
+        norm = np.einsum("bki,bij,bkj->bk", g, mask, g)
+        out[i:i + batch_size] = np.abs(z) / norm
     return out[:, 0] if single else out
 
 
