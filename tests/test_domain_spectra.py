@@ -8,9 +8,9 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from stemae.domains.lockin import banked_lock_in, lock_in, relative_contrast
-from stemae.domains.run import map_domains
+from stemae.domains.run import map_domains, refine_walls
 from stemae.domains.windows import (choose_window, hann, order_null, pooled_order, spectra_of_windows,
-                                    spectral_order, window_ffts, window_stripes)
+                                    spectral_order, window_centres, window_ffts, window_stripes)
 from stemae.simulate.domains import simulate_domain_series
 from stemae.simulate.patchwork import patchwork_images
 
@@ -135,6 +135,27 @@ def test_banked_lock_in_follows_stripes_that_bend():
     assert plain[0] < 0.75 * contrast / 2
     np.testing.assert_allclose(banked[0], contrast / 2, rtol=0.1)
     assert across[0] < 0.1 * banked[0]
+
+
+def test_domain_free_blob_about_a_window_wide_is_found_inside_stripes():
+    """A domain-free disc 72 px across in a field of stripes (period 16 px):
+    every 96 px window over it still shows the stripes at its edges, so all
+    windows come typed as stripes and none is beside a domain-free one. The
+    walls step finds the windows whose own wave is weak at their centre
+    against their neighbours' and makes those the disc covers domain-free;
+    the rest stay stripes."""
+    period, radius = 16.0, 36.0
+    centres = window_centres((256, 256), 96, 24)
+    middle = centres[3, 3]
+    yy, xx = np.mgrid[0:256, 0:256].astype(float)
+    c = np.cos(2 * np.pi * yy / period) * (np.hypot(yy - middle[0], xx - middle[1]) > radius)
+    image = np.random.default_rng(5).poisson(200 * (1 + 0.15 * c)).astype(np.float32)[None]
+    labels = np.ones((1,) + centres.shape[:2], int)
+    grid = np.ones(labels.shape)
+    out = refine_walls(image, labels, 0.0 * grid, period * grid, centres)[0]
+    r = np.hypot(*(centres - middle).transpose(2, 0, 1))
+    assert (out[r < radius - period / 2] == 0).all() and (r < radius - period / 2).sum() == 5
+    assert (out[r > radius + period / 2] == 1).all()
 
 
 def test_independent_generator_is_mapped():

@@ -14,7 +14,7 @@ from stemae.data.results import atomic_path, write_results
 from stemae.domains import model as ae
 from stemae.domains.lockin import banked_lock_in, relative_contrast
 from stemae.domains.segment import (REFERENCE_GUARD, assign_types, assign_walls, boundary_mask, domain_statistics,
-                                    drop_empty_types, refine_boundaries, segment, wall_pairs)
+                                    drop_empty_types, refine_boundaries, segment, wall_pairs, weak_centres)
 from stemae.domains.windows import (check_windowing, choose_window, half_window_power, order_null, pooled_order,
                                    window_centres, window_ffts, window_stripes)
 from stemae.conventions import DOMAIN_ARRAYS
@@ -205,7 +205,10 @@ def refine_walls(images: np.ndarray, labels: np.ndarray, orientation: np.ndarray
     fundamental wave, turned and stretched a little for bending and uneven
     walls) is read at the boundary window's centre and at its own; the
     ratio is the share of the boundary window's centre that type covers
-    (:func:`~stemae.domains.segment.assign_walls`).
+    (:func:`~stemae.domains.segment.assign_walls`). Interior windows whose
+    own wave is weak at their centre
+    (:func:`~stemae.domains.segment.weak_centres`) are examined as
+    boundary windows.
 
     Parameters
     ----------
@@ -221,18 +224,22 @@ def refine_walls(images: np.ndarray, labels: np.ndarray, orientation: np.ndarray
     out = labels.copy()
     edges = boundary_mask(labels)
     for t, frame in enumerate(images):
-        pairs = wall_pairs(labels[t], edges[t])
-        if not len(pairs):
+        inner = (labels[t] > 0) & ~edges[t]
+        if not inner.any():
             continue
         contrast = relative_contrast(frame, float(np.nanmax(period[t][labels[t] > 0])))
-        inner = (labels[t] > 0) & ~edges[t]
         own = np.full(labels.shape[1:], np.nan)
         own[inner] = banked_lock_in(contrast, centres[inner], orientation[t][inner], period[t][inner])
-        typical = {s: np.median(own[inner & (labels[t] == s)]) for s in np.unique(labels[t][inner])}
+        typical = np.full(labels[t].max() + 1, np.nan)
+        for s in np.unique(labels[t][inner]):
+            typical[s] = np.median(own[inner & (labels[t] == s)])
+        pairs = wall_pairs(labels[t], edges[t] | weak_centres(own, labels[t], inner))
+        if not len(pairs):
+            continue
         a, b = pairs[:, 3], pairs[:, 4]
         at_edge = banked_lock_in(contrast, centres[pairs[:, 0], pairs[:, 1]], orientation[t][a, b],
                                  period[t][a, b])
-        usable = own[a, b] >= REFERENCE_GUARD * np.array([typical[s] for s in pairs[:, 2]])
+        usable = own[a, b] >= REFERENCE_GUARD * typical[pairs[:, 2]]
         out[t] = assign_walls(labels[t], pairs, at_edge / np.maximum(own[a, b], 1e-12), usable)
     return out
 

@@ -27,8 +27,15 @@ MIN_SHARE = 0.03
 REACH = 2
 #: Interior windows whose wave is weaker than this share of their type's
 #: median in the frame (a false alarm next to a wall, a bend contour) are
-#: no reference for a boundary window.
+#: no reference for a boundary window; those weaker than this share of
+#: their type's median within :data:`REACH` are examined as one (their
+#: window holds the stripes, their centre may not: :func:`weak_centres`).
 REFERENCE_GUARD = 0.6
+#: A window whose centre no neighbouring stripe type covers more than this
+#: share of is domain-free, even with no domain-free window beside it (a
+#: domain-free blob about a window wide). On a wall between two stripe
+#: types each covers about one half.
+UNCOVERED = 0.25
 
 
 def angle_modes(orientation: np.ndarray, frame: np.ndarray, frame_sizes: np.ndarray, n_types: int | None = None
@@ -237,13 +244,42 @@ def wall_pairs(labels: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.array(rows, int).reshape(-1, 5)
 
 
+def weak_centres(amplitude: np.ndarray, labels: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """Interior windows whose stripe wave is weak at their centre.
+
+    A domain-free blob about a window wide leaves the stripes around it in
+    every window over it, so those windows are typed as stripes with no
+    domain-free window beside them; their wave read at their centre
+    (:func:`~stemae.domains.lockin.banked_lock_in`) is weak. Weak is
+    measured against the same type's interior windows within
+    :data:`REACH` grid steps, not the frame's: regions of one type differ
+    in contrast several-fold.
+
+    Parameters
+    ----------
+    amplitude : (ny, nx) each window's wave at its own centre (NaN where not read)
+    labels, inner : (ny, nx) types and interior stripe windows of one frame
+
+    Returns
+    -------
+    (ny, nx) bool: ``inner`` windows below :data:`REFERENCE_GUARD` of the
+    median of their type's interior windows within :data:`REACH`
+    """
+    local = np.full(labels.shape, np.nan)
+    for i, j in np.argwhere(inner):
+        box = np.s_[max(i - REACH, 0):i + REACH + 1, max(j - REACH, 0):j + REACH + 1]
+        local[i, j] = np.median(amplitude[box][inner[box] & (labels[box] == labels[i, j])])
+    return inner & (amplitude < REFERENCE_GUARD * local)
+
+
 def assign_walls(labels: np.ndarray, pairs: np.ndarray, share: np.ndarray, usable: np.ndarray) -> np.ndarray:
     """Types of one frame's boundary windows from their shares of each type.
 
     A boundary window's share of a stripe type is the median of ``share``
     over its usable references of that type; it takes the type of the
-    largest share, or the domain-free type (when that is a neighbour) if no
-    share reaches one half (the centre lies outside every stripe region). A
+    largest share, or the domain-free type if no share reaches one half
+    and a domain-free window is beside it, or if no share reaches
+    :data:`UNCOVERED` (the centre lies outside every stripe region). A
     window without usable references keeps its type.
 
     Parameters
@@ -264,7 +300,7 @@ def assign_walls(labels: np.ndarray, pairs: np.ndarray, share: np.ndarray, usabl
         types = np.unique(pairs[mine, 2])
         med = np.array([np.median(share[mine & (pairs[:, 2] == s)]) for s in types])
         free = (labels[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2] == 0).any()
-        out[i, j] = 0 if free and med.max() < 0.5 else types[np.argmax(med)]
+        out[i, j] = 0 if med.max() < (0.5 if free else UNCOVERED) else types[np.argmax(med)]
     return out
 
 
