@@ -12,7 +12,6 @@ from sklearn.metrics import adjusted_rand_score
 from stemae.data.images import read_images
 from stemae.domains import model as ae
 from stemae.domains.run import fractions_table, map_domains, parse_labels
-from stemae.domains.segment import FAR_REACH, REACH, boundary_mask, wall_pairs
 from stemae.domains.windows import hann, window_centres, window_ffts
 from stemae.errors import InputError
 from stemae.simulate.domains import simulate_domain_images, simulate_domain_series
@@ -113,29 +112,6 @@ def test_pose_really_transforms_the_decoded_pattern():
     maps = ae.pose_maps(code, ae.prepare(canonical[None]), window=64)
     assert maps["orientation"][0] == pytest.approx(0.0, abs=0.5)  # wave along y: walls along x
     assert maps["period"][0] == pytest.approx(64 / 8, rel=0.05)
-
-
-def test_wall_references_reach_further_only_when_none_is_near():
-    """A boundary window takes its references of a neighbouring type from
-    that type's interior windows within REACH grid steps; a type whose
-    nearby windows all straddle walls (a small region) takes them from
-    within FAR_REACH instead, and never from boundary windows."""
-    labels = np.ones((11, 11), int)
-    labels[:, 6:] = 2  # a wall between columns 5 and 6
-    edges = boundary_mask(labels[None])[0]
-    rows = wall_pairs(labels, edges)
-    own = rows[(rows[:, 0] == 5) & (rows[:, 1] == 5) & (rows[:, 2] == 2)]
-    assert len(own) and (np.abs(own[:, 3:] - 5).max(1) <= REACH).all() and not edges[own[:, 3], own[:, 4]].any()
-    # type 2 shrinks to a strip two windows wide, all on its walls, that
-    # widens four rows further down
-    labels[:, 8:] = 3
-    labels[8:, 8:] = 2
-    edges = boundary_mask(labels[None])[0]
-    rows = wall_pairs(labels, edges)
-    far = rows[(rows[:, 0] == 5) & (rows[:, 1] == 5) & (rows[:, 2] == 2)]
-    reach = np.abs(far[:, 3:] - 5).max(1)
-    assert len(far) and (reach > REACH).all() and (reach <= FAR_REACH).all()
-    assert not edges[far[:, 3], far[:, 4]].any()
 
 
 def test_l1_schedule():

@@ -25,10 +25,6 @@ MIN_SHARE = 0.03
 #: A boundary window's share of a type is measured against that type's
 #: interior windows up to this many grid steps away.
 REACH = 2
-#: A neighbouring type with no interior window within :data:`REACH` (a
-#: region whose windows all straddle its walls) is measured against its
-#: interior windows up to this many grid steps away.
-FAR_REACH = 4
 #: Interior windows whose wave is weaker than this share of their type's
 #: median in the frame (a false alarm next to a wall, a bend contour) are
 #: no reference for a boundary window; those weaker than this share of
@@ -235,20 +231,16 @@ def wall_pairs(labels: np.ndarray, edges: np.ndarray) -> np.ndarray:
     -------
     (P, 5) int rows ``(i, j, type, a, b)``: boundary window ``(i, j)``, a
     stripe type in its 3x3 neighbourhood, and an interior window ``(a, b)``
-    of that type at most :data:`REACH` grid steps away, or
-    :data:`FAR_REACH` if none is that near
+    of that type at most :data:`REACH` grid steps away
     """
     rows = []
     for i, j in np.argwhere(edges):
         present = np.unique(labels[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2])
+        i0, j0 = max(i - REACH, 0), max(j - REACH, 0)
+        box = np.s_[i0:i + REACH + 1, j0:j + REACH + 1]
         for s in present[present > 0]:
-            for reach in (REACH, FAR_REACH):
-                i0, j0 = max(i - reach, 0), max(j - reach, 0)
-                box = np.s_[i0:i + reach + 1, j0:j + reach + 1]
-                found = np.argwhere((labels[box] == s) & ~edges[box])
-                if len(found):
-                    rows.extend((i, j, s, a + i0, b + j0) for a, b in found)
-                    break
+            for a, b in np.argwhere((labels[box] == s) & ~edges[box]):
+                rows.append((i, j, s, a + i0, b + j0))
     return np.array(rows, int).reshape(-1, 5)
 
 
