@@ -225,7 +225,9 @@ def wall_pairs(labels: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
     Parameters
     ----------
-    labels, edges : (ny, nx) types and :func:`boundary_mask` of one frame
+    labels : (ny, nx) types of one frame
+    edges : (ny, nx) bool, the windows to read (:func:`boundary_mask`, and
+        :func:`weak_centres`); none of them is a reference
 
     Returns
     -------
