@@ -115,3 +115,18 @@ def test_blank_patterns_find_no_disks(hetero):
     out = step(patterns)
     assert out["n_disks"][1] == 0 and not out["valid"][1] and out["valid"][[0, 2, 3]].all()
     assert not step(np.zeros((2,) + patterns.shape[1:], np.float32))["valid"].any()
+
+
+@pytest.mark.parametrize("refine", ["xcorr", "com"])
+def test_a_patterns_disks_do_not_depend_on_its_batch(refine):
+    """A pattern's disks are bit-identical alone, in a batch and in another
+    order, so maps agree exactly across batch sizes, workers and resumes."""
+    sim = heterostructure((2, 6), (64, 64), dose=1e5, seed=1)
+    p = sim.data.reshape(12, 64, 64)
+    batch = find_disks(p, sim.radius, (32, 32), refine=refine)
+    back = find_disks(p[::-1], sim.radius, (32, 32), refine=refine)
+    alone = find_disks(p[5:6], sim.radius, (32, 32), refine=refine)
+    assert np.isfinite(batch["positions"][:, 0]).all()
+    for k in batch:
+        np.testing.assert_array_equal(back[k][::-1], batch[k], err_msg=k)
+        np.testing.assert_array_equal(alone[k][0], batch[k][5], err_msg=k)

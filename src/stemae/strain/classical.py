@@ -10,7 +10,6 @@ returns the whole-pattern centre of mass.
 from __future__ import annotations
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from stemae.data.blocks import read_patterns
 from stemae.geometry import reference_mask, rotation_matrix, strain_maps
@@ -140,18 +139,14 @@ class ClassicalStep:
         return {**out, **statistics_results(self.pattern_shape)}
 
     def __call__(self, patterns: np.ndarray) -> dict[str, np.ndarray]:
-        # One BLAS thread: OpenBLAS's results depend on its thread count in
-        # the last bits, and Dask workers, LiberTEM and the server run with
-        # one, so a map is bit-identical wherever it runs.
-        with threadpool_limits(1, user_api="blas"):
-            st = self.state
-            d = find_disks(patterns, st["radius"], st["center"], refine=st["method"], **st["find"])
-            fit = fit_lattices(d["positions"], d["intensity"], d["central"], st["basis"], st["tolerance"])
-            limit = 0.25 * st["radius"] if st["max_rms"] is None else st["max_rms"]
-            fit["valid"] = fit["valid"] & (fit["rms"] <= limit)
-            if st["method"] == "com":
-                fit["com"] = center_of_mass(patterns)
-            return {**fit, **batch_statistics(patterns, fit["origin"], st["radius"])}
+        st = self.state
+        d = find_disks(patterns, st["radius"], st["center"], refine=st["method"], **st["find"])
+        fit = fit_lattices(d["positions"], d["intensity"], d["central"], st["basis"], st["tolerance"])
+        limit = 0.25 * st["radius"] if st["max_rms"] is None else st["max_rms"]
+        fit["valid"] = fit["valid"] & (fit["rms"] <= limit)
+        if st["method"] == "com":
+            fit["com"] = center_of_mass(patterns)
+        return {**fit, **batch_statistics(patterns, fit["origin"], st["radius"])}
 
 
 def save_state(state: dict, path, pattern_shape: tuple[int, int]):

@@ -95,10 +95,12 @@ def _local_correlation(R: np.ndarray, E: np.ndarray) -> np.ndarray:
 
     R : (Np, S, S) complex spectra; E : (m, S) DFT rows for the offsets.
     Returns (Np, m, m), rows along y.
+
+    Each patch is its own small matrix product, so a patch's result does
+    not depend on which other patches share the batch (one tall product
+    lets BLAS block the rows differently and changes the last bits).
     """
-    Np, S, _ = R.shape
-    B = (R.reshape(-1, S) @ E.T).reshape(Np, S, -1)  # sum over kx
-    return (E @ B).real  # sum over ky
+    return (E @ (R @ E.T)).real  # sum over kx, then ky
 
 
 def _grid_peak(C: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
