@@ -135,6 +135,12 @@ def segment(order: np.ndarray, orientation: np.ndarray, threshold: float, n_clus
     return labels, {"n_clusters": 1 + len(modes), "type_angles": [float(a) for a in modes]}
 
 
+def _around(i: int, j: int, r: int) -> tuple[slice, slice]:
+    """Index of the grid windows at most ``r`` steps from window ``(i, j)``
+    on each axis (clipped at the grid's start; NumPy clips the end)."""
+    return np.s_[max(i - r, 0):i + r + 1, max(j - r, 0):j + r + 1]
+
+
 def boundary_mask(labels: np.ndarray) -> np.ndarray:
     """Windows ``(T, ny, nx)`` whose 3x3 neighbourhood on the grid holds more than one type."""
     return np.stack([ndimage.maximum_filter(lab, 3, mode="nearest") != ndimage.minimum_filter(lab, 3, mode="nearest")
@@ -187,7 +193,7 @@ def refine_boundaries(labels: np.ndarray, power: np.ndarray, modes: np.ndarray) 
             if np.isfinite(inner).any():
                 ref[m] = np.nanmedian(inner)
         for i, j in np.argwhere(edge):
-            present = np.unique(lab[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2])
+            present = np.unique(lab[_around(i, j, 1)])
             stripes = present[present > 0]
             if len(stripes) == 0:
                 continue
@@ -237,9 +243,9 @@ def wall_pairs(labels: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """
     rows = []
     for i, j in np.argwhere(edges):
-        present = np.unique(labels[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2])
-        i0, j0 = max(i - REACH, 0), max(j - REACH, 0)
-        box = np.s_[i0:i + REACH + 1, j0:j + REACH + 1]
+        present = np.unique(labels[_around(i, j, 1)])
+        box = _around(i, j, REACH)
+        i0, j0 = box[0].start, box[1].start
         for s in present[present > 0]:
             for a, b in np.argwhere((labels[box] == s) & ~edges[box]):
                 rows.append((i, j, s, a + i0, b + j0))
@@ -269,7 +275,7 @@ def weak_centres(amplitude: np.ndarray, labels: np.ndarray, inner: np.ndarray) -
     """
     local = np.full(labels.shape, np.nan)
     for i, j in np.argwhere(inner):
-        box = np.s_[max(i - REACH, 0):i + REACH + 1, max(j - REACH, 0):j + REACH + 1]
+        box = _around(i, j, REACH)
         local[i, j] = np.median(amplitude[box][inner[box] & (labels[box] == labels[i, j])])
     return inner & (amplitude < REFERENCE_GUARD * local)
 
@@ -301,7 +307,7 @@ def assign_walls(labels: np.ndarray, pairs: np.ndarray, share: np.ndarray, usabl
         mine = (pairs[:, 0] == i) & (pairs[:, 1] == j)
         types = np.unique(pairs[mine, 2])
         med = np.array([np.median(share[mine & (pairs[:, 2] == s)]) for s in types])
-        free = (labels[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2] == 0).any()
+        free = (labels[_around(i, j, 1)] == 0).any()
         out[i, j] = 0 if med.max() < (0.5 if free else UNCOVERED) else types[np.argmax(med)]
     return out
 
