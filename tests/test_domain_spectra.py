@@ -10,7 +10,7 @@ from sklearn.metrics import adjusted_rand_score
 from stemae.domains.lockin import banked_lock_in, lock_in, relative_contrast
 from stemae.domains.run import map_domains, refine_walls
 from stemae.domains.windows import (choose_window, hann, order_null, pooled_order, spectra_of_windows,
-                                    spectral_order, window_centres, window_ffts, window_stripes)
+                                    spectral_order, stripe_peaks, window_centres, window_ffts, window_stripes)
 from stemae.simulate.domains import simulate_domain_series
 from stemae.simulate.patchwork import patchwork_images
 
@@ -82,17 +82,38 @@ def test_fundamental_period_and_angle_of_sinusoidal_and_sharp_stripes(sharpness)
     assert window_stripes(window_ffts(faint, 64, 64, 33)[0], 64)["order"].item() > 1
 
 
-def test_window_holds_four_of_the_longest_periods():
+def _two_regions(contrast: float = 0.1, seed: int = 1):
+    """512x512 Poisson image (200 counts): square-wave stripes of 30 px on
+    the right half, sinusoidal stripes of 12 px on the left."""
     yy, xx = np.mgrid[0:512, 0:512]
-    img = np.random.default_rng(1).poisson(200 * (1 + 0.1 * np.sign(np.cos(2 * np.pi * xx / 30.0)))).astype(np.float32)
-    img[:, :256] = np.random.default_rng(2).poisson(200 * (1 + 0.1 * np.cos(2 * np.pi * yy[:, :256] / 12.0)))
-    window, crop, periods = choose_window(img)
+    img = np.random.default_rng(seed).poisson(200 * (1 + contrast * np.sign(np.cos(2 * np.pi * xx / 30.0))))
+    left = 200 * (1 + contrast * np.cos(2 * np.pi * yy[:, :256] / 12.0))
+    img[:, :256] = np.random.default_rng(seed + 1).poisson(left)
+    return img.astype(np.float32)
+
+
+def test_window_holds_four_of_the_median_period():
+    window, crop, periods = choose_window(_two_regions())
     # The square wave's harmonics (10 px, 6 px) are not periods of their own;
     # the sizing reads periods to the tile's frequency pixel (a few per cent).
     np.testing.assert_allclose(np.sort(periods), [12, 30], rtol=0.06)
-    assert window == pytest.approx(4 * 30, rel=0.06) and window % 2 == 0 and crop == 33
-    noise = np.random.default_rng(3).poisson(200, (256, 256)).astype(np.float32)
-    assert choose_window(noise)[:2] == (48, 33)  # nothing to size from: the default
+    assert window == pytest.approx(4 * 21, rel=0.06) and window % 2 == 0 and crop == 33
+    noise = np.random.default_rng(3).poisson(200, (4, 512, 512)).astype(np.float32)
+    assert len(stripe_peaks(noise)[0]) == 0 and all(len(stripe_peaks(f)[0]) == 0 for f in noise)
+    assert choose_window(noise[0, :256, :256])[:2] == (48, 33)  # nothing to size from: the default
+
+
+def test_window_grows_for_faint_stripes_in_any_frame():
+    """Faint stripes (contrast 0.004, a fifth of the shot noise per period)
+    need a bigger window to stand out than four of the median period, up to
+    four of the longest; in a series the faintest frame decides, though the
+    frames' average shows its stripes strongly."""
+    strong = choose_window(_two_regions())[0]
+    faint, _, periods = choose_window(_two_regions(contrast=0.004))
+    assert strong + 8 < faint <= 4 * periods.max() + 2
+    series = np.stack([_two_regions(seed=s) for s in (11, 13, 15)] + [_two_regions(contrast=0.004, seed=17)])
+    assert choose_window(series[:3])[0] == pytest.approx(strong, abs=8)
+    assert choose_window(series)[0] > strong + 8
 
 
 def test_lock_in_reads_the_share_of_a_region_across_its_wall():

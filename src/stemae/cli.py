@@ -684,7 +684,8 @@ def domains(
     window: Optional[int] = typer.Option(
         None,
         metavar="PX",
-        help="Window side in px (default: four of the longest stripe period the images show, or the --init model's).",
+        help="Window side in px (default: four of the median stripe period the images show, more for faint "
+        "stripes, or the --init model's).",
     ),
     stride: Optional[int] = typer.Option(None, metavar="PX", help="Step between windows in px (default window/4)."),
     clusters: Optional[int] = typer.Option(

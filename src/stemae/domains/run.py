@@ -57,8 +57,9 @@ def map_domains(
     ----------
     images : (T, H, W) or (H, W) array
     window, stride : window side and step in pixels (defaults: the window of
-        ``init``, or one holding four periods of the longest stripe period the
-        images show (:func:`~stemae.domains.windows.choose_window`); ``window // 4``)
+        ``init``, or one sized from the stripe periods the images show and how
+        faint their stripes are (:func:`~stemae.domains.windows.choose_window`);
+        ``window // 4``)
     crop : side of the spectra's central crop (odd; at most the window's side
         - 1; default: the ``init`` model's, or what the shortest period needs,
         at least 33)

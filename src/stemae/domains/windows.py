@@ -30,9 +30,13 @@ from stemae.geometry import wall_angle
 
 #: Window side (pixels) when the images show no stripes to size it from.
 DEFAULT_WINDOW = 48
-#: Periods of the longest stripe period a window holds (its fundamental then
-#: lies well above the low frequencies that shading occupies).
+#: Periods of the median stripe period a window holds, and the most it holds
+#: of the longest (its fundamental then lies well above the low frequencies
+#: that shading occupies).
 PERIODS_PER_WINDOW = 4.0
+#: Whitened excess at which a window is expected to show the weakest
+#: stripes the images hold (:func:`choose_window`).
+WINDOW_SNR = 2.5
 #: Frequencies below this radius (cycles per window) carry a window's
 #: large-scale shading (illumination, bend contours) and are left out.
 R_MIN = 2.5
@@ -433,21 +437,23 @@ def pooled_order(spectra, order: np.ndarray, window: int, stride: int) -> np.nda
     return out
 
 
-def stripe_periods(images, tile: int = 256, max_tiles: int = 64, seed: int = 0) -> np.ndarray:
-    """Fundamental stripe periods (pixels) the images show, strongest first.
+def stripe_peaks(images, tile: int = 256, max_tiles: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Fundamental stripe periods (pixels) the images show and how strongly,
+    strongest first.
 
     The power spectra of up to ``max_tiles`` tiles (``tile`` px, Hann
     tapered, drawn seeded from all frames) are averaged and whitened on
     their frequency rings (:func:`whitened_power`). Stripes are the local
     maxima beyond what noise reaches (one bin in a thousand spectra, from
-    the gamma distribution of the averaged noise) whose excess over the
-    median is at least a fifth of the strongest one's (a square wave's third
-    harmonic holds a ninth of its fundamental's power) and that are narrow
-    in radius (at least five times the power at 1.4 times their wave
-    vector: a bend contour's streak is not), with periods up to a quarter of
-    the tile (shading lies beyond); a peak at a multiple (2 to
-    5) of another one's wave vector is its harmonic and is dropped (unevenly
-    spaced walls can make a harmonic the stronger).
+    the gamma distribution of the averaged noise, whose mean is the
+    whitened noise's 1/ln 2) whose excess over that mean is at least a fifth
+    of the strongest one's (a square wave's third harmonic holds a ninth of
+    its fundamental's power) and that are narrow in radius (at least five
+    times the power at 1.4 times their wave vector: a bend contour's streak
+    is not), with periods up to a quarter of the tile (shading lies
+    beyond); a peak at a multiple (2 to 5) of another one's wave vector is
+    its harmonic and is dropped (unevenly spaced walls can make a harmonic
+    the stronger).
 
     Parameters
     ----------
@@ -455,7 +461,10 @@ def stripe_periods(images, tile: int = 256, max_tiles: int = 64, seed: int = 0) 
 
     Returns
     -------
-    (P,) periods in pixels of the fundamental peaks; empty when none stands out
+    periods : (P,) px, of the fundamental peaks; empty when none stands out
+    density : (P,) each peak's whitened excess over the noise per pixel of
+        tile area: a window of side ``w`` over such stripes shows about
+        ``density * w**2``
     """
     arr = np.asarray(images, dtype=np.float32)
     arr = arr[None] if arr.ndim == 2 else arr
@@ -473,11 +482,13 @@ def stripe_periods(images, tile: int = 256, max_tiles: int = 64, seed: int = 0) 
     kx, ky = frequency_grid(crop).unbind(-1)
     half = (ky > 0) | ((ky == 0) & (kx > 0))  # the other half is its point reflection
     band = (torch.hypot(kx, ky) >= 4) & (torch.hypot(kx, ky) <= h) & half
-    # Whitened noise averaged over n tiles is a gamma variable over its
-    # median; one noise bin in a thousand spectra passes this floor.
+    # Whitened noise (an exponential variable over its median) averaged
+    # over n tiles is a gamma variable of mean 1/ln 2; one noise bin in a
+    # thousand spectra passes this floor.
     n = len(patches)
-    floor = stats.gamma.ppf(1 - 1e-3 / int(band.sum()), n, scale=1 / n) / stats.gamma.median(n, scale=1 / n)
-    excess = q - 1.0
+    noise = stats.gamma(n, scale=1 / (n * math.log(2)))
+    floor = noise.ppf(1 - 1e-3 / int(band.sum()))
+    excess = q - noise.mean()
     peaks = (q == F.max_pool2d(q[None, None], 5, 1, 2)[0, 0]) & band & (q > floor)
     iy, ix = torch.nonzero(peaks, as_tuple=True)
     # A stripe's peak is narrow in radius; a streak (a bend contour, an edge)
@@ -490,42 +501,49 @@ def stripe_periods(images, tile: int = 256, max_tiles: int = 64, seed: int = 0) 
     narrow = ~inside | (q[iy, ix] >= 5 * beyond)
     iy, ix = iy[narrow], ix[narrow]
     if len(iy) == 0:
-        return np.zeros(0)
+        return np.zeros(0), np.zeros(0)
     strength = excess[iy, ix]
     strong = strength >= 0.2 * strength.max()
     order = torch.argsort(strength[strong], descending=True)
     vec = torch.stack([ix - h, iy - h], -1).float()[strong][order].numpy()
-    keep = []
-    for i, v in enumerate(vec):
-        harmonic = any(np.linalg.norm(v - m * vec[j]) <= 1.0 + 0.05 * np.linalg.norm(v)
-                       for j in range(len(vec)) if j != i for m in (2, 3, 4, 5))
-        if not harmonic:
-            keep.append(tile / np.linalg.norm(v))
-    return np.array(keep)
+    strength = strength[strong][order].numpy()
+    keep = [i for i, v in enumerate(vec)
+            if not any(np.linalg.norm(v - m * vec[j]) <= 1.0 + 0.05 * np.linalg.norm(v)
+                       for j in range(len(vec)) if j != i for m in (2, 3, 4, 5))]
+    return tile / np.linalg.norm(vec[keep], axis=1), strength[keep] / tile ** 2
 
 
 def choose_window(images) -> tuple[int, int, np.ndarray]:
     """Window side and spectrum crop for images, from their stripe periods.
 
-    The window holds :data:`PERIODS_PER_WINDOW` periods of the longest
-    fundamental period (:func:`stripe_periods`), at least 32 px and at most
-    half the smaller image side; the crop (odd, at least 33) reaches 1.3
-    times the fundamental frequency of the shortest period. Without stripes:
+    The window holds :data:`PERIODS_PER_WINDOW` periods of the median
+    fundamental period the images show (:func:`stripe_peaks`, over all
+    frames), and is big enough that the weakest stripes of any frame (each
+    frame's own peaks) are expected at :data:`WINDOW_SNR` in a window's
+    whitened spectrum, but holds at most :data:`PERIODS_PER_WINDOW` periods
+    of the longest period; at least 32 px and at most half the smaller image
+    side. The crop (odd, at least 33) reaches 1.3 times the fundamental
+    frequency of the shortest period. Without stripes:
     :data:`DEFAULT_WINDOW`.
 
     Returns
     -------
     window : px, even
     crop : odd, at most ``window - 1``
-    periods : (P,) the fundamental periods found, px
+    periods : (P,) the fundamental periods found over all frames, px
     """
-    arr = np.asarray(images)
+    arr = np.asarray(images, dtype=np.float32)
+    arr = arr[None] if arr.ndim == 2 else arr
     shape = arr.shape[-2:]
-    periods = stripe_periods(arr)
+    periods, density = stripe_peaks(arr)
     if len(periods) == 0:
         window = default_window(shape)
     else:
-        window = int(np.clip(math.ceil(PERIODS_PER_WINDOW * periods.max() / 2) * 2, 32, min(shape) // 2 // 2 * 2))
+        own = [stripe_peaks(frame)[1] for frame in arr] if len(arr) > 1 else []
+        weakest = min(d.min() for d in [density] + own if len(d))
+        side = min(max(PERIODS_PER_WINDOW * np.median(periods), math.sqrt(WINDOW_SNR / weakest)),
+                   PERIODS_PER_WINDOW * periods.max())
+        window = int(np.clip(math.ceil(side / 2) * 2, 32, min(shape) // 2 // 2 * 2))
     reach = 33 if len(periods) == 0 else max(33, 2 * math.ceil(1.3 * window / periods.min()) + 1)
     return window, min(reach, (window - 2) // 2 * 2 + 1), periods
 
