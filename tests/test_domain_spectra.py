@@ -173,9 +173,32 @@ def test_domain_free_blob_about_a_window_wide_is_found_inside_stripes():
     image = np.random.default_rng(5).poisson(200 * (1 + 0.15 * c)).astype(np.float32)[None]
     labels = np.ones((1,) + centres.shape[:2], int)
     grid = np.ones(labels.shape)
-    out = refine_walls(image, labels, 0.0 * grid, period * grid, centres)[0]
+    out = refine_walls(image, labels, 0.0 * grid, period * grid, centres, 96)[0]
     r = np.hypot(*(centres - middle).transpose(2, 0, 1))
     assert (out[r < radius - period / 2] == 0).all() and (r < radius - period / 2).sum() == 5
+    assert (out[r > radius + period / 2] == 1).all()
+
+
+def test_region_smaller_than_a_window_is_read_against_its_own_amplitude():
+    """A disc 80 px across of stripes at 90 degrees in a field of stripes at
+    0 degrees (period 16 px), under 96 px windows: the disc's type has no
+    interior window to read its share against, so each type's share is its
+    wave at a window's centre over its largest amplitude nearby. The
+    windows first typed as the disc's are off by one grid step; afterwards
+    those whose centres the disc covers have its type and the rest the
+    field's."""
+    period, radius = 16.0, 40.0
+    centres = window_centres((256, 256), 96, 24)
+    middle = centres[3, 3]
+    yy, xx = np.mgrid[0:256, 0:256].astype(float)
+    disc = np.hypot(yy - middle[0], xx - middle[1]) < radius
+    c = np.where(disc, np.cos(2 * np.pi * xx / period), np.cos(2 * np.pi * yy / period))
+    image = np.random.default_rng(6).poisson(200 * (1 + 0.15 * c)).astype(np.float32)[None]
+    r = np.hypot(*(centres - middle).transpose(2, 0, 1))
+    # The windows first typed as the disc's are one grid step off to the right.
+    labels = np.where(np.hypot(*(centres - middle - [0, 24]).transpose(2, 0, 1)) < 30, 2, 1)[None]
+    out = refine_walls(image, labels, np.where(labels == 2, 90.0, 0.0), np.full(labels.shape, period), centres, 96)[0]
+    assert (out[r < radius - period / 2] == 2).all() and (r < radius - period / 2).sum() == 5
     assert (out[r > radius + period / 2] == 1).all()
 
 

@@ -15,7 +15,7 @@ largest amplitude over a small bank of turns and stretches of it
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
+from scipy import fft as sfft, ndimage
 
 #: Standard deviation of the lock-in's Gaussian, in periods of the wave.
 LOCK_IN_WIDTH = 0.5
@@ -108,3 +108,31 @@ def banked_lock_in(contrast: np.ndarray, points: np.ndarray, angle: np.ndarray, 
     sigma = np.broadcast_to(LOCK_IN_WIDTH * period, waves.shape[:3])
     bank = len(BANK_TURNS) * len(BANK_STRETCHES)
     return lock_in(contrast, points, waves.reshape(len(waves), bank, 2), sigma.reshape(len(waves), bank)).max(-1)
+
+
+def amplitude_map(contrast: np.ndarray, angles, periods) -> np.ndarray:
+    """Largest :func:`lock_in` amplitude over a bank of waves at every pixel
+    of an image, ``(H, W)``: every wall angle of ``angles`` (degrees) with
+    every period of ``periods`` (px), each under a Gaussian of
+    :data:`LOCK_IN_WIDTH` of its period and normalised by the Gaussian's
+    weight inside the image, as :func:`lock_in` at a point; computed by FFT
+    convolution for the whole image at once."""
+    H, W = contrast.shape
+    periods = np.asarray(periods, np.float64)
+    r = int(np.ceil(3 * LOCK_IN_WIDTH * periods.max()))
+    padded = np.pad(np.asarray(contrast, np.float64), r)
+    shape = padded.shape
+    f_inside = sfft.rfft2(np.pad(np.ones((H, W)), r))
+    ky = np.fft.fftfreq(shape[0])[:, None]
+    kx = np.fft.fftfreq(shape[1])[None, :]
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    best = np.zeros((H, W))
+    for period in periods:
+        gauss = np.exp(-2 * np.pi ** 2 * (LOCK_IN_WIDTH * period) ** 2 * (kx ** 2 + ky ** 2))
+        half = gauss[:, :shape[1] // 2 + 1]
+        norm = sfft.irfft2(f_inside * half, shape)[r:r + H, r:r + W]
+        for angle in np.deg2rad(np.asarray(angles, np.float64)):
+            wave = np.exp(-2j * np.pi * (-np.sin(angle) * xx + np.cos(angle) * yy) / period)
+            z = sfft.ifft2(sfft.fft2(padded * wave) * gauss)[r:r + H, r:r + W]
+            best = np.maximum(best, np.abs(z) / np.maximum(norm, 1e-12))
+    return best

@@ -8,13 +8,15 @@ import io
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 from tqdm.auto import tqdm
 
 from stemae.data.results import atomic_path, write_results
 from stemae.domains import model as ae
-from stemae.domains.lockin import banked_lock_in, relative_contrast
-from stemae.domains.segment import (REFERENCE_GUARD, assign_types, assign_walls, boundary_mask, domain_statistics,
-                                    drop_empty_types, refine_boundaries, segment, wall_pairs, weak_centres)
+from stemae.domains.lockin import BANK_TURNS, amplitude_map, banked_lock_in, relative_contrast
+from stemae.domains.segment import (LOCAL_REACH, REFERENCE_GUARD, assign_by_local_share, assign_types, assign_walls,
+                                    boundary_mask, circular_mean, domain_statistics, drop_empty_types,
+                                    refine_boundaries, segment, unreferenced, wall_pairs, weak_centres)
 from stemae.domains.windows import (check_windowing, choose_window, half_window_power, order_null, pooled_order,
                                    window_centres, window_ffts, window_stripes)
 from stemae.conventions import DOMAIN_ARRAYS
@@ -127,7 +129,7 @@ def map_domains(
     if window - 2 * (window // 4) >= MIN_HALF_WINDOW:
         labels = refine_boundaries(labels, boundary_power(images, labels, window, stride, crop, seed),
                                    info["type_angles"])
-    labels = refine_walls(images, labels, maps["orientation"], maps["period"], centres)
+    labels = refine_walls(images, labels, maps["orientation"], maps["period"], centres, window)
     if types is None:  # given types keep their numbers, empty or not
         labels, modes = drop_empty_types(labels, info["type_angles"])
         info.update(n_clusters=1 + len(modes), type_angles=[float(a) for a in modes])
@@ -199,7 +201,7 @@ def boundary_power(images: np.ndarray, labels: np.ndarray, window: int, stride: 
 
 
 def refine_walls(images: np.ndarray, labels: np.ndarray, orientation: np.ndarray, period: np.ndarray,
-                 centres: np.ndarray) -> np.ndarray:
+                 centres: np.ndarray, window: int) -> np.ndarray:
     """Types of the windows on boundaries from the lock-in amplitude
     (:func:`~stemae.domains.lockin.banked_lock_in`) of their neighbours'
     stripe waves: each interior window of a neighbouring type (its
@@ -209,7 +211,10 @@ def refine_walls(images: np.ndarray, labels: np.ndarray, orientation: np.ndarray
     (:func:`~stemae.domains.segment.assign_walls`). Interior windows whose
     own wave is weak at their centre
     (:func:`~stemae.domains.segment.weak_centres`) are examined as
-    boundary windows.
+    boundary windows. Where a neighbouring type has no usable interior
+    window (:func:`~stemae.domains.segment.unreferenced`: regions not much
+    larger than a window), every type's share is read against its own
+    largest amplitude nearby instead (:func:`local_shares`).
 
     Parameters
     ----------
@@ -217,6 +222,7 @@ def refine_walls(images: np.ndarray, labels: np.ndarray, orientation: np.ndarray
     labels, orientation, period : (T, ny, nx) types, wall angles (degrees)
         and periods (px) of the windows
     centres : (ny, nx, 2) window centres ``(y, x)``, px
+    window : window side, px
 
     Returns
     -------
@@ -224,24 +230,84 @@ def refine_walls(images: np.ndarray, labels: np.ndarray, orientation: np.ndarray
     """
     out = labels.copy()
     edges = boundary_mask(labels)
+    lacking = np.zeros(labels.shape, bool)
+    contrasts = {}
     for t, frame in enumerate(images):
         inner = (labels[t] > 0) & ~edges[t]
         if not inner.any():
             continue
-        contrast = relative_contrast(frame, float(np.nanmax(period[t][labels[t] > 0])))
+        contrast = contrasts[t] = relative_contrast(frame, float(np.nanmax(period[t][labels[t] > 0])))
         own = np.full(labels.shape[1:], np.nan)
         own[inner] = banked_lock_in(contrast, centres[inner], orientation[t][inner], period[t][inner])
         typical = np.full(labels[t].max() + 1, np.nan)
         for s in np.unique(labels[t][inner]):
             typical[s] = np.median(own[inner & (labels[t] == s)])
-        pairs = wall_pairs(labels[t], edges[t] | weak_centres(own, labels[t], inner))
+        examined = edges[t] | weak_centres(own, labels[t], inner)
+        pairs = wall_pairs(labels[t], examined)
+        a, b = pairs[:, 3], pairs[:, 4]
+        usable = own[a, b] >= REFERENCE_GUARD * typical[pairs[:, 2]]
+        lacking[t] = unreferenced(labels[t], examined, pairs, usable)
         if not len(pairs):
             continue
-        a, b = pairs[:, 3], pairs[:, 4]
         at_edge = banked_lock_in(contrast, centres[pairs[:, 0], pairs[:, 1]], orientation[t][a, b],
                                  period[t][a, b])
-        usable = own[a, b] >= REFERENCE_GUARD * typical[pairs[:, 2]]
         out[t] = assign_walls(labels[t], pairs, at_edge / np.maximum(own[a, b], 1e-12), usable)
+    if lacking.any():
+        out[lacking] = local_shares(contrasts, labels, orientation, period, centres, window, lacking)[lacking]
+    return out
+
+
+def local_shares(contrasts: dict, labels: np.ndarray, orientation: np.ndarray, period: np.ndarray,
+                 centres: np.ndarray, window: int, where: np.ndarray) -> np.ndarray:
+    """Types of the windows ``where`` from every stripe type's share of
+    their centre read against its own largest amplitude nearby
+    (:func:`~stemae.domains.segment.assign_by_local_share`). Each type is
+    read with one bank of waves: its windows' mean wall angle turned by
+    :data:`~stemae.domains.lockin.BANK_TURNS`, and periods spanning its
+    windows' (5th to 95th percentile, stretched by 7 % each way, steps of
+    at most 15 %), as amplitude maps of the frames that hold such windows
+    (:func:`~stemae.domains.lockin.amplitude_map`).
+
+    Parameters
+    ----------
+    contrasts : frame index to its (H, W) relative contrast
+        (:func:`~stemae.domains.lockin.relative_contrast`), for every frame
+        with windows ``where``
+    labels, orientation, period : (T, ny, nx)
+    centres : (ny, nx, 2) window centres ``(y, x)``, px
+    window : window side, px
+    where : (T, ny, nx) bool
+
+    Returns
+    -------
+    (T, ny, nx) types (``labels`` elsewhere)
+    """
+    types = np.unique(labels[labels > 0])
+    banks = []
+    for s in types:
+        lo, hi = np.nanpercentile(period[labels == s], [5, 95])
+        n = max(3, int(np.ceil(np.log(hi / lo) / np.log(1.15))) + 1)
+        banks.append((circular_mean(orientation[labels == s]) + np.asarray(BANK_TURNS),
+                      np.geomspace(lo / 1.07, hi * 1.07, n)))
+    frames = np.flatnonzero(where.any((1, 2)))
+    iy, ix = np.round(centres).astype(int).transpose(2, 0, 1)
+    size = 2 * int(LOCAL_REACH * window) + 1
+    at = np.zeros((len(frames), len(types)) + labels.shape[1:])
+    near = np.zeros_like(at)
+    for f, t in enumerate(frames):
+        for k, (angles, periods) in enumerate(banks):
+            amplitude = amplitude_map(contrasts[t], angles, periods)
+            at[f, k] = amplitude[iy, ix]
+            near[f, k] = ndimage.maximum_filter(amplitude, size, mode="nearest")[iy, ix]
+    inner = ~boundary_mask(labels)[frames]
+    lab = labels[frames]
+    typical = np.array([np.median(at[:, k][inner & (lab == s)]) if (inner & (lab == s)).any() else np.nan
+                        for k, s in enumerate(types)])
+    free = inner & (lab == 0)
+    noise = np.array([np.percentile(at[:, k][free], 99) if free.sum() >= 20 else 0.0 for k in range(len(types))])
+    out = labels.copy()
+    for f, t in enumerate(frames):
+        out[t] = assign_by_local_share(labels[t], where[t], types, at[f], near[f], typical, noise)
     return out
 
 

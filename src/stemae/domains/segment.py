@@ -36,6 +36,12 @@ REFERENCE_GUARD = 0.6
 #: domain-free blob about a window wide). On a wall between two stripe
 #: types each covers about one half.
 UNCOVERED = 0.25
+#: A window's share of a type read against the type's largest amplitude
+#: within this many window sides of its centre (:func:`assign_by_local_share`).
+LOCAL_REACH = 0.375
+#: ... and only where that amplitude exceeds noise's (the 99th percentile
+#: over domain-free windows) by this factor.
+NOISE_MARGIN = 1.5
 
 
 def angle_modes(orientation: np.ndarray, frame: np.ndarray, frame_sizes: np.ndarray, n_types: int | None = None
@@ -309,6 +315,67 @@ def assign_walls(labels: np.ndarray, pairs: np.ndarray, share: np.ndarray, usabl
         med = np.array([np.median(share[mine & (pairs[:, 2] == s)]) for s in types])
         free = (labels[_around(i, j, 1)] == 0).any()
         out[i, j] = 0 if med.max() < (0.5 if free else UNCOVERED) else types[np.argmax(med)]
+    return out
+
+
+def unreferenced(labels: np.ndarray, examined: np.ndarray, pairs: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """Examined windows of one frame with a stripe type in their 3x3
+    neighbourhood that has no usable reference (:func:`wall_pairs`): where
+    regions are not much larger than a window, a type's interior windows are
+    few or none, and :func:`assign_walls` cannot weigh it.
+
+    Returns
+    -------
+    (ny, nx) bool
+    """
+    ok = {tuple(p) for p in pairs[usable][:, :3]}
+    out = np.zeros(labels.shape, bool)
+    for i, j in np.argwhere(examined):
+        present = np.unique(labels[_around(i, j, 1)])
+        out[i, j] = any((i, j, s) not in ok for s in present[present > 0])
+    return out
+
+
+def assign_by_local_share(labels: np.ndarray, where: np.ndarray, types: np.ndarray, at: np.ndarray,
+                          near: np.ndarray, typical: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Types of windows from each stripe type's share of their centre, read
+    against the type's own largest amplitude nearby instead of an interior
+    window.
+
+    A type is a candidate for a window if it is in the window's 3x3
+    neighbourhood or its largest amplitude near the window reaches the
+    type's typical one (a region that falls between windows), and if that
+    amplitude exceeds :data:`NOISE_MARGIN` times noise's. The share is the
+    amplitude at the centre over the largest nearby; the window takes the
+    candidate of the largest share, or the domain-free type as in
+    :func:`assign_walls`.
+
+    Parameters
+    ----------
+    labels : (ny, nx) types of one frame
+    where : (ny, nx) bool, the windows to type
+    types : (K,) the stripe types
+    at, near : (K, ny, nx) each type's banked lock-in amplitude at the
+        window centres and its largest within :data:`LOCAL_REACH` of a window
+        side of them (:func:`~stemae.domains.lockin.amplitude_map`)
+    typical, noise : (K,) each type's median amplitude at its interior
+        windows, and the 99th percentile at domain-free ones (0 if unknown)
+
+    Returns
+    -------
+    (ny, nx) types
+    """
+    out = labels.copy()
+    for i, j in np.argwhere(where):
+        near_ij = near[:, i, j]
+        present = np.isin(types, labels[_around(i, j, 1)])
+        cand = (present | (near_ij >= typical)) & (near_ij >= NOISE_MARGIN * noise)
+        if not cand.any():
+            continue
+        share = np.where(cand, at[:, i, j] / np.maximum(near_ij, 1e-12), -np.inf)
+        free = (labels[_around(i, j, 1)] == 0).any()
+        k = int(np.argmax(share))
+        out[i, j] = 0 if share[k] < (0.5 if free else UNCOVERED) else types[k]
     return out
 
 
