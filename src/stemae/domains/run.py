@@ -175,6 +175,10 @@ class FrameStep:
         out = {**{k: coded[k] for k in ("content", "stretch", "shear", "error")},
                **window_stripes(spectra, self.window)}
         out["order"] = pooled_order(spectra, out["order"], self.window, self.stride)
+        # A fundamental of fewer than two periods per window is one line or
+        # edge (a bend contour, a region wall), not stripes.
+        out["order"] = np.where(out["period"] > self.window / 2, np.minimum(out["order"], ORDER_THRESHOLD),
+                                out["order"])
         if self.types is not None:
             out["label"] = assign_types(out["order"], out["orientation"], ORDER_THRESHOLD, self.types)
         return out
