@@ -135,7 +135,9 @@ def test_l1_makes_content_sparse(images):
 def test_segmentation_matches_truth(images, mapped):
     maps, info, _ = mapped
     assert info["n_clusters"] == 5
-    assert info["window"] == pytest.approx(4 * max(info["periods"]), abs=4)  # four of the longest periods
+    # Four of the median period, at most four of the longest (the stripes here are not faint).
+    periods = np.asarray(info["periods"])
+    assert 4 * np.median(periods) <= info["window"] <= 4 * periods.max() + 2
     truth = images.labels_at(maps["centres"])
     assert adjusted_rand_score(truth.ravel(), maps["segmentation"].ravel()) > 0.85
     # Domain-free windows away from region walls: found, and nothing else taken for them.

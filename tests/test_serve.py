@@ -90,19 +90,24 @@ def test_domain_windows_answer_as_the_map_step(server, repo):
     """The served windows give what the map step gives them, except that the
     step then pools faint windows over their grid neighbours (the server
     has no grid): its order is the served one after
-    :func:`~stemae.domains.windows.pooled_order`."""
+    :func:`~stemae.domains.windows.pooled_order`, and both hold windows of
+    fewer than two periods unordered."""
     from stemae.domains import model as ae
     from stemae.domains.run import ORDER_THRESHOLD, FrameStep
     from stemae.domains.segment import assign_types
-    from stemae.domains.windows import pooled_order, window_ffts, window_starts, window_stripes
+    from stemae.domains.windows import (lines_are_not_stripes, pooled_order, window_ffts, window_starts,
+                                        window_stripes)
 
     images = repo[1]["images"]
     dm, cfg = ae.load_model(repo[0] / "domains" / "1")
     w, stride = cfg["window"], cfg["stride"]
     maps = FrameStep(dm, images.shape[1:], w, stride, cfg["crop"], types=cfg["type_angles"])(images[:1])
     spectra, _ = window_ffts(images[:1], w, stride, cfg["crop"])
-    single = window_stripes(spectra, w)["order"]
-    np.testing.assert_array_equal(pooled_order(spectra, single, w, stride), maps["order"])
+    stripes = window_stripes(spectra, w)
+    single, period = stripes["order"], stripes["period"]
+    np.testing.assert_array_equal(lines_are_not_stripes(pooled_order(spectra, single, w, stride), period, w),
+                                  maps["order"])
+    single = lines_are_not_stripes(single, period, w)
     maps["order"] = single
     maps["label"] = assign_types(single, maps["orientation"], ORDER_THRESHOLD, cfg["type_angles"])
     ys, xs = window_starts(256, w, stride), window_starts(256, w, stride)

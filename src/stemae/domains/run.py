@@ -17,8 +17,8 @@ from stemae.domains.lockin import BANK_TURNS, amplitude_map, banked_lock_in, rel
 from stemae.domains.segment import (LOCAL_REACH, REFERENCE_GUARD, assign_by_local_share, assign_types, assign_walls,
                                     boundary_mask, circular_mean, domain_statistics, drop_empty_types,
                                     refine_boundaries, segment, unreferenced, wall_pairs, weak_centres)
-from stemae.domains.windows import (check_windowing, choose_window, half_window_power, order_null, pooled_order,
-                                   window_centres, window_ffts, window_stripes)
+from stemae.domains.windows import (check_windowing, choose_window, half_window_power, lines_are_not_stripes,
+                                    order_null, pooled_order, window_centres, window_ffts, window_stripes)
 from stemae.conventions import DOMAIN_ARRAYS
 from stemae.errors import InputError
 from stemae.runner import run
@@ -149,7 +149,8 @@ class FrameStep:
     ``shear`` and ``error``; the stripe ``order``, ``orientation`` (degrees)
     and ``period`` (px) (:func:`~stemae.domains.windows.window_stripes`,
     faint stripes pooled over neighbouring windows:
-    :func:`~stemae.domains.windows.pooled_order`);
+    :func:`~stemae.domains.windows.pooled_order`; one line is not stripes:
+    :func:`~stemae.domains.windows.lines_are_not_stripes`);
     with the types' wall angles ``types`` (degrees, a bundle's
     ``type_angles``) also each window's ``label``
     (:func:`~stemae.domains.segment.assign_types`, before the whole-map
@@ -174,11 +175,8 @@ class FrameStep:
         coded = ae.predict(self.model, spectra, self.window, device=self.device)
         out = {**{k: coded[k] for k in ("content", "stretch", "shear", "error")},
                **window_stripes(spectra, self.window)}
-        out["order"] = pooled_order(spectra, out["order"], self.window, self.stride)
-        # A fundamental of fewer than two periods per window is one line or
-        # edge (a bend contour, a region wall), not stripes.
-        out["order"] = np.where(out["period"] > self.window / 2, np.minimum(out["order"], ORDER_THRESHOLD),
-                                out["order"])
+        out["order"] = lines_are_not_stripes(pooled_order(spectra, out["order"], self.window, self.stride),
+                                             out["period"], self.window)
         if self.types is not None:
             out["label"] = assign_types(out["order"], out["orientation"], ORDER_THRESHOLD, self.types)
         return out

@@ -577,6 +577,24 @@ def window_stripes(spectra, window: int, batch_size: int = 4096) -> dict[str, np
     return {"order": order.reshape(lead), "orientation": angle.reshape(lead), "period": period.reshape(lead)}
 
 
+def lines_are_not_stripes(order: np.ndarray, period: np.ndarray, window: int) -> np.ndarray:
+    """Order held at the threshold (1) where a window's fundamental fits
+    fewer than two periods (``period > window / 2``): one line or edge (a
+    bend contour, a region wall) is not a stripe wave.
+
+    Parameters
+    ----------
+    order, period : (...) order over its threshold and fundamental period
+        (px) of windows (:func:`window_stripes`, :func:`pooled_order`)
+    window : window side, px
+
+    Returns
+    -------
+    (...) order, at most 1 where the period is longer than half the window
+    """
+    return np.where(np.asarray(period) > window / 2, np.minimum(order, 1.0), order)
+
+
 def half_window_power(frame: np.ndarray, window: int, stride: int, crop: int, where: np.ndarray,
                       sectors: int = 36) -> np.ndarray:
     """:func:`directional_power` of windows of half the side at some centres

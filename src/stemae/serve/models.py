@@ -129,7 +129,7 @@ def domains_model(name: str, version: str, path: Path, device: str = "cpu") -> M
     from stemae.domains import model as ae
     from stemae.domains.run import ORDER_THRESHOLD
     from stemae.domains.segment import assign_types
-    from stemae.domains.windows import hann, spectra_of_windows, window_stripes
+    from stemae.domains.windows import hann, lines_are_not_stripes, spectra_of_windows, window_stripes
 
     model, cfg = ae.load_model(path, device)
     window, crop, types = int(cfg["window"]), int(cfg["crop"]), cfg.get("type_angles")
@@ -140,6 +140,7 @@ def domains_model(name: str, version: str, path: Path, device: str = "cpu") -> M
             spectra = spectra_of_windows(torch.as_tensor(np.require(windows, np.float32)), taper, crop).numpy()
         coded = ae.predict(model, spectra, window, device=device)
         out = {**coded, **window_stripes(spectra, window)}
+        out["order"] = lines_are_not_stripes(out["order"], out["period"], window)
         if types is not None:
             out["label"] = assign_types(out["order"], out["orientation"], ORDER_THRESHOLD, types)
         return out
