@@ -112,6 +112,7 @@ def fit_disk_lattice(
     regather: tuple[int, ...] = (2,),
     local_background: bool = True,
     noise_floor: float = 0.05,
+    plateau_floor: float = 1.0,
     min_on_detector: float = 0.5,
     settle: float = 1.0,
     use_central: bool = True,
@@ -166,6 +167,15 @@ def fit_disk_lattice(
     regather : iterations before which the windows are gathered again
     local_background : fit a constant offset per disk
     noise_floor : smallest model value in the weights (counts)
+    plateau_floor : a Bragg disk's pixels weigh as if their variance were at
+        least this share of the disk's plateau (its fitted amplitude), so
+        its edge and foot weigh as its plateau and the disk is placed by its
+        whole edge; with pure Poisson weights (0) the foot, where the model
+        predicts almost nothing, outweighs the rest, which is efficient only
+        where the edge's shape is exact (a lattice varying within the probe
+        reshapes it). The reported information is the sandwich form's for
+        these weights, disk by disk. The central beam, the probe's own
+        aperture, keeps Poisson weights
     min_on_detector : disks whose centre is more than this many radii off
         the detector are left out
     settle : after the last gathering, a pattern whose Fisher step is
@@ -255,7 +265,11 @@ def fit_disk_lattice(
         if it > 0 and it in regather:
             lam = expected(a, b, s, prof, m)
         for _ in range(2 if it == 0 else 1):
-            w = w0 if lam is None else w0 / lam.clamp_min(noise_floor)
+            if lam is None:
+                w = w0
+            else:
+                plateau = torch.cat([torch.zeros_like(a[:, :1]), a[:, 1:].clamp_min(0)], 1)[..., None]
+                w = w0 / torch.maximum(lam.clamp_min(noise_floor), plateau_floor * plateau)
             sums = linear_sums(vals, prof, m, w, local_background)
             a, b, s = solve_linear(sums)
             lam = expected(a, b, s, prof, m)
@@ -300,8 +314,15 @@ def fit_disk_lattice(
             return (torch.einsum("bj,bji,bjk->bik", cxx, ux, ux) + torch.einsum("bj,bji,bjk->bik", cxy, ux, uy)
                     + torch.einsum("bj,bji,bjk->bik", cxy, uy, ux) + torch.einsum("bj,bji,bjk->bik", cyy, uy, uy))
 
+        # Weights below Poisson's (the plateau floor): each disk's position
+        # variance is (sum w^2 lam gg) / (sum w gg)^2, so its information is
+        # the weighted sum over the ratio rho of the two sums (1 with Poisson
+        # weights).
+        qq = w * q * q * (dx * dx + dy * dy)
+        full = (qq * (lam.clamp_min(noise_floor) * w).clamp(max=1)).sum(-1)
+        rho = torch.where(full > 0, full / qq.sum(-1).clamp_min(1e-30), 1.0)
         hess = assemble(sxx, sxy, syy)
-        info = assemble(sxx * shrink, sxy * shrink, syy * shrink)
+        info = assemble(sxx * shrink / rho, sxy * shrink / rho, syy * shrink / rho)
         grad = (tx[..., None] * ux + ty[..., None] * uy).sum(1)
         if m is not None:
             # ... and to the background scale, which all disks share.
