@@ -140,7 +140,8 @@ def strain_bound(
         tables = np.vstack([central[None], np.where(np.isfinite(measured), measured, central[None])])
         final = fit_disk_lattice(x, second["origin"], second["A"], g, t(tables), DISK_DR, radius,
                                  rows=torch.as_tensor(shells + 1), background=t(bg), background_dr=BACKGROUND_DR,
-                                 iterations=2, regather=(1,), local_background=False, unbiased=False)
+                                 iterations=2, regather=(1,), local_background=False, unbiased=False,
+                                 plateau_floor=0.0)  # Poisson weights: the Fisher information itself
     info = final["information"].numpy()
     cov_A = np.linalg.inv(info + 1e-12 * np.trace(info, axis1=1, axis2=2)[:, None, None] * np.eye(6))[:, 2:, 2:]
     K = np.zeros((B, 4, 4))
