@@ -314,15 +314,18 @@ def fit_disk_lattice(
             return (torch.einsum("bj,bji,bjk->bik", cxx, ux, ux) + torch.einsum("bj,bji,bjk->bik", cxy, ux, uy)
                     + torch.einsum("bj,bji,bjk->bik", cxy, uy, ux) + torch.einsum("bj,bji,bjk->bik", cyy, uy, uy))
 
-        # Weights below Poisson's (the plateau floor): each disk's position
-        # variance is (sum w^2 lam gg) / (sum w gg)^2, so its information is
-        # the weighted sum over the ratio rho of the two sums (1 with Poisson
-        # weights).
-        qq = w * q * q * (dx * dx + dy * dy)
-        full = (qq * (lam.clamp_min(noise_floor) * w).clamp(max=1)).sum(-1)
-        rho = torch.where(full > 0, full / qq.sum(-1).clamp_min(1e-30), 1.0)
         hess = assemble(sxx, sxy, syy)
-        info = assemble(sxx * shrink / rho, sxy * shrink / rho, syy * shrink / rho)
+        # The information is used only by the stopping rule and in the result.
+        reported = it == max(iterations, 1) - 1 or (settle > 0 and it > last_gather)
+        if reported:
+            # Weights below Poisson's (the plateau floor): each disk's position
+            # variance is (sum w^2 lam gg) / (sum w gg)^2, so its information is
+            # the weighted sum over the ratio rho of the two sums (1 with
+            # Poisson weights).
+            qq = w * q * q * (dx * dx + dy * dy)
+            full = (qq * (lam.clamp_min(noise_floor) * w).clamp(max=1)).sum(-1)
+            rho = torch.where(full > 0, full / qq.sum(-1).clamp_min(1e-30), 1.0)
+            info = assemble(sxx * shrink / rho, sxy * shrink / rho, syy * shrink / rho)
         grad = (tx[..., None] * ux + ty[..., None] * uy).sum(1)
         if m is not None:
             # ... and to the background scale, which all disks share.
@@ -334,7 +337,8 @@ def fit_disk_lattice(
             i_ss = sums["mm"] - (vp * zav + v1 * zbv).sum(1)
             coupling = cross[:, :, None] * cross[:, None, :] / i_ss.clamp_min(1e-12)[:, None, None]
             hess = hess - coupling
-            info = info - coupling
+            if reported:
+                info = info - coupling
         step = _scaled_solve(hess, grad, eye)
         if settle > 0 and it > last_gather:
             moving = moving & (torch.einsum("bi,bij,bj->b", step, info, step) >= settle * settle)
