@@ -137,8 +137,9 @@ def fit_disk_lattice(
     With several starts per pattern (``A`` (B, K, 2, 2), one base lattice
     each), every start is evaluated as a first iteration would (windows
     gathered, linear parameters solved) and the fit goes on from the one
-    whose Bragg disks sit best on the pattern: the least Poisson deviance
-    per pixel of their windows. The other starts cost one gathering and
+    whose Bragg disks sit best on the pattern: the most evidence for disks
+    where it puts them (each disk's amplitude squared over its variance,
+    less what a disk-free window gives). The other starts cost one gathering and
     linear solve each, and the kept one's evaluation is its first iteration.
 
     Parameters
@@ -273,11 +274,17 @@ def fit_disk_lattice(
             sums = linear_sums(vals, prof, m, w, local_background)
             a, b, s = solve_linear(sums)
             lam = expected(a, b, s, prof, m)
-        if K > 1 and it == 0:  # keep each pattern's best start: least Poisson deviance per pixel of its Bragg disks
-            lam_ = lam.clamp_min(noise_floor)
-            deviance = 2 * (torch.special.xlogy(vals, vals / lam_) - (vals - lam_)) * w0
-            misfit = deviance[:, 1:].sum((1, 2)) / w0[:, 1:].sum((1, 2)).clamp_min(1)
-            start = misfit.view(B, K).argmin(1)
+        if K > 1 and it == 0:
+            # Keep each pattern's best start: the most evidence for Bragg
+            # disks where it puts them. A disk's evidence is its amplitude's
+            # square in units of its variance (its chi-square against no disk
+            # there), less the 1/2 a disk-free window gives on average, so the
+            # number of disks a start keeps on the detector does not count. (A
+            # misfit per pixel would favour the larger lattice: its windows
+            # sit further out, where the background gives fewer counts.)
+            a_info = sums["pp"] - sums["p1"] * sums["p1"] / sums["11"].clamp_min(1e-12)
+            evidence = ((a[:, 1:].clamp_min(0) ** 2 * a_info[:, 1:] - 0.5) * on[:, 1:]).sum(1)
+            start = evidence.view(B, K).argmax(1)
             kept = torch.arange(B, device=dev) * K + start
             (origin, A, g, ux, uy, vals, px, py, inside, on, dx, dy, r, w0, prof, slope, w, lam, a, b, s) = (
                 t[kept] for t in (origin, A, g, ux, uy, vals, px, py, inside, on, dx, dy, r, w0, prof, slope, w, lam,
