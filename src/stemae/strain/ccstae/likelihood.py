@@ -274,6 +274,7 @@ def fit_disk_lattice(
             sums = linear_sums(vals, prof, m, w, local_background)
             a, b, s = solve_linear(sums)
             lam = expected(a, b, s, prof, m)
+        a_info = sums["pp"] - sums["p1"] * sums["p1"] / sums["11"].clamp_min(1e-12)  # information on each amplitude
         if K > 1 and it == 0:
             # Keep each pattern's best start: the most evidence for Bragg
             # disks where it puts them. A disk's evidence is its amplitude's
@@ -282,13 +283,12 @@ def fit_disk_lattice(
             # number of disks a start keeps on the detector does not count. (A
             # misfit per pixel would favour the larger lattice: its windows
             # sit further out, where the background gives fewer counts.)
-            a_info = sums["pp"] - sums["p1"] * sums["p1"] / sums["11"].clamp_min(1e-12)
             evidence = ((a[:, 1:].clamp_min(0) ** 2 * a_info[:, 1:] - 0.5) * on[:, 1:]).sum(1)
             start = evidence.view(B, K).argmax(1)
             kept = torch.arange(B, device=dev) * K + start
-            (origin, A, g, ux, uy, vals, px, py, inside, on, dx, dy, r, w0, prof, slope, w, lam, a, b, s) = (
-                t[kept] for t in (origin, A, g, ux, uy, vals, px, py, inside, on, dx, dy, r, w0, prof, slope, w, lam,
-                                  a, b, s))
+            (origin, A, g, ux, uy, vals, px, py, inside, on, dx, dy, r, w0, prof, slope, w, lam, a, b, s,
+             a_info) = (t[kept] for t in (origin, A, g, ux, uy, vals, px, py, inside, on, dx, dy, r, w0, prof, slope,
+                                          w, lam, a, b, s, a_info))
             m = None if m is None else m[kept]
             sums = {key: v[kept] for key, v in sums.items()}
             gx, gy = g[..., 0], g[..., 1]
@@ -306,7 +306,6 @@ def fit_disk_lattice(
             x1x, x1y = -kx.sum(-1), -ky.sum(-1)
         else:
             x1x = x1y = torch.zeros_like(xpx)
-        a_info = n_pp - n_p1 * n_p1 / n_11.clamp_min(1e-12)  # information on the amplitude
         # A disk's position information grows with its amplitude squared;
         # the fitted amplitude's square overstates it by the amplitude's
         # variance (by a factor two for a disk of a few tens of counts): the
