@@ -142,8 +142,9 @@ def fit_disk_lattice(
     gathered, linear parameters solved) and the fit goes on from the one
     whose Bragg disks sit best on the pattern: the most evidence for disks
     where it puts them (each disk's amplitude squared over its variance,
-    less what a disk-free window gives). The other starts cost one gathering and
-    linear solve each, and the kept one's evaluation is its first iteration.
+    less what a disk-free window gives). The other starts cost one
+    gathering and linear solve each, and the kept one's evaluation is its
+    first iteration.
 
     Parameters
     ----------
@@ -309,11 +310,6 @@ def fit_disk_lattice(
             x1x, x1y = -kx.sum(-1), -ky.sum(-1)
         else:
             x1x = x1y = torch.zeros_like(xpx)
-        # A disk's position information grows with its amplitude squared;
-        # the fitted amplitude's square overstates it by the amplitude's
-        # variance (by a factor two for a disk of a few tens of counts): the
-        # reported information uses the unbiased a^2 - var(a).
-        shrink = (1 - 1 / (a * a * a_info).clamp_min(1e-12)).clamp(0, 1) if unbiased else torch.ones_like(a)
         zax, zbx = _solve2(n_pp, n_p1, n_11, xpx, x1x)
         zay, zby = _solve2(n_pp, n_p1, n_11, xpy, x1y)
         sxx = sxx - (xpx * zax + x1x * zbx)
@@ -330,7 +326,12 @@ def fit_disk_lattice(
             # Weights below Poisson's (the plateau floor): each disk's position
             # variance is (sum w^2 lam gg) / (sum w gg)^2, so its information is
             # the weighted sum over the ratio rho of the two sums (1 with
-            # Poisson weights).
+            # Poisson weights). A disk's position information grows with its
+            # amplitude squared; the fitted amplitude's square overstates it by
+            # the amplitude's variance (by a factor two for a disk of a few
+            # tens of counts): the reported information uses the unbiased
+            # a^2 - var(a).
+            shrink = (1 - 1 / (a * a * a_info).clamp_min(1e-12)).clamp(0, 1) if unbiased else torch.ones_like(a)
             qq = w * q * q * (dx * dx + dy * dy)
             full = (qq * (lam.clamp_min(noise_floor) * w).clamp(max=1)).sum(-1)
             rho = torch.where(full > 0, full / qq.sum(-1).clamp_min(1e-30), 1.0)
@@ -354,9 +355,9 @@ def fit_disk_lattice(
             step = step * moving[:, None]
         origin = origin + step[:, :2].clamp(-2.0, 2.0)
         A = A + step[:, 2:].clamp(-0.05, 0.05).reshape(B, 2, 2)
-    chi2 = (w * res * res).sum(-1).sum(-1)
+    chi2 = (w * res * res).sum((1, 2))
     n_lin = on.sum(1) * (2 if local_background else 1) + (0 if bg is None else 1)
-    dof = w0.sum(-1).sum(-1) - n_lin - 6
+    dof = w0.sum((1, 2)) - n_lin - 6
     disk_information = (sxx + syy) * (gx * gx + gy * gy)
     return dict(origin=origin, A=A, information=info, amplitudes=a, offsets=b, background=s, on=on, chi2=chi2,
                 dof=dof, disk_information=disk_information, start=start)
