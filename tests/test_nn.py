@@ -7,7 +7,7 @@ import torch
 from stemae.errors import InputError
 from stemae.geometry import polar_decomposition
 from stemae.nn.bundle import load_bundle, save_bundle
-from stemae.nn.sampling import erfc_table, sample_bilinear, table_lookup
+from stemae.nn.sampling import erfc_table, sample_bilinear, table_lookup, window_offsets
 from stemae.strain.ccstae.likelihood import fit_disk_lattice
 from stemae.nn.transforms import affine_matrix, apply_affine, invert_affine
 
@@ -55,6 +55,25 @@ def test_table_lookup_interpolates_values_and_slopes():
     two = torch.stack([table, 2 * table])
     v, _ = table_lookup(two, 0.5, torch.tensor([[0.25, 0.25]]), torch.tensor([[0, 1]]))
     torch.testing.assert_close(v, torch.tensor([[0.5, 1.0]]))
+
+
+def test_window_offsets_pad_with_pixels_outside_the_annulus():
+    outer, inner = 6.15, 2.9
+    plain = window_offsets(outer, inner)
+    padded = window_offsets(outer, inner, multiple=8)
+    assert len(padded) % 8 == 0 and 0 < len(padded) - len(plain) < 8
+    assert torch.equal(padded[: len(plain)], plain)
+    assert len({tuple(v) for v in padded.tolist()}) == len(padded)
+    # Every pixel that can lie in the annulus for a centre within half a
+    # pixel of the origin is kept, and no added one can.
+    centres = torch.stack(torch.meshgrid(torch.linspace(-0.5, 0.5, 11), torch.linspace(-0.5, 0.5, 11),
+                                         indexing="ij"), -1).reshape(-1, 1, 2)
+    r = (padded[None].float() - centres).norm(dim=-1)  # (centres, P)
+    assert ((r[:, len(plain):] > outer).all())
+    grid = torch.stack(torch.meshgrid(torch.arange(-9, 10), torch.arange(-9, 10), indexing="ij"), -1).reshape(-1, 2)
+    rg = (grid[None].float() - centres).norm(dim=-1)
+    reach = ((rg >= inner) & (rg <= outer)).any(0)
+    assert {tuple(v) for v in grid[reach].tolist()} <= {tuple(v) for v in plain.tolist()}
 
 
 def test_fit_recovers_a_known_transform():

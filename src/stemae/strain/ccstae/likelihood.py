@@ -219,7 +219,7 @@ def fit_disk_lattice(
         gmin = g[:, 1:].norm(dim=-1).min().item() if J > 1 else float("inf")
         band = (inner, min(outer, 0.45 * gmin))
     inner, outer = band
-    offsets = window_offsets(outer, inner, dev)
+    offsets = window_offsets(outer, inner, dev, multiple=8)  # see window_offsets: no scalar tails
     disk = disk.to(dev, dt)
     row = None
     if disk.dim() == 2:  # central beam: row 0
