@@ -69,7 +69,7 @@ def test_window_offsets_pad_with_pixels_outside_the_annulus():
     centres = torch.stack(torch.meshgrid(torch.linspace(-0.5, 0.5, 11), torch.linspace(-0.5, 0.5, 11),
                                          indexing="ij"), -1).reshape(-1, 1, 2)
     r = (padded[None].float() - centres).norm(dim=-1)  # (centres, P)
-    assert ((r[:, len(plain):] > outer).all())
+    assert (r[:, len(plain):] > outer).all()
     grid = torch.stack(torch.meshgrid(torch.arange(-9, 10), torch.arange(-9, 10), indexing="ij"), -1).reshape(-1, 2)
     rg = (grid[None].float() - centres).norm(dim=-1)
     reach = ((rg >= inner) & (rg <= outer)).any(0)

@@ -58,6 +58,8 @@ def window_offsets(outer: float, inner: float = 0.0, device=None, multiple: int 
     xy = torch.stack([ox.reshape(-1), oy.reshape(-1)], -1)
     rr = torch.hypot(ox.float(), oy.float()).reshape(-1)
     keep = (rr <= outer + 0.75) & (rr >= inner - 0.75)
+    # Masks rather than a count taken out of a tensor: the fits call this
+    # inside a compiled function, where such a count breaks the graph.
     beyond = rr > outer + 0.75
     nearest = torch.argsort(torch.argsort(torch.where(beyond, rr, torch.inf), stable=True))  # rank by distance
     pad = beyond & (nearest < -keep.sum() % multiple)
