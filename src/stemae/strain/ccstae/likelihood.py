@@ -219,7 +219,9 @@ def fit_disk_lattice(
         gmin = g[:, 1:].norm(dim=-1).min().item() if J > 1 else float("inf")
         band = (inner, min(outer, 0.45 * gmin))
     inner, outer = band
-    offsets = window_offsets(outer, inner, dev, multiple=8)  # see window_offsets: no scalar tails
+    # Padded windows serve the compiled fits' vector loops (see window_offsets);
+    # run as they are, the extra pixels are only extra work.
+    offsets = window_offsets(outer, inner, dev, multiple=8 if torch.compiler.is_compiling() else 1)
     disk = disk.to(dev, dt)
     row = None
     if disk.dim() == 2:  # central beam: row 0
