@@ -237,3 +237,49 @@ def test_rotated_grains_are_fitted_in_any_orientation():
         sel = (grain == g) & m["valid"]
         assert sel.mean() > 0, g
         assert np.abs(m["e_xx"] - truth["e_xx"])[sel].mean() < 1.3 * base + 2e-4, g
+
+
+def test_centroid_offsets_find_each_disk_on_a_sloped_background():
+    """Whole disks' centroids relative to given centres, a diffuse
+    background's slope taken off; a disk the detector edge cuts has none."""
+    from stemae.strain.ccstae.likelihood import centroid_offsets
+
+    true = np.array([[[20.3, 30.7], [45.6, 31.2], [33.1, 50.4], [62.0, 10.0]]])
+    img = render_disks(true, np.full((1, 4), 2e4), (64, 64), radius=6.0)[0]
+    yy, xx = np.mgrid[0:64, 0:64]
+    img = img + 5.0 + 0.08 * xx + 0.05 * yy
+    given = true + np.array([0.3, -0.2])
+    d, var = centroid_offsets(torch.as_tensor(img[None], dtype=torch.float64), torch.as_tensor(given), 6.0)
+    d, var = d.numpy()[0], var.numpy()[0]
+    np.testing.assert_allclose(d[:3], (true - given)[0, :3], atol=0.01)
+    assert np.isnan(d[3]).all() and np.isnan(var[3])
+    assert (var[:3] > 0).all()
+
+
+def test_pooled_centroid_correction_follows_coherent_offsets_and_ignores_noise():
+    """Offsets that a smooth lattice change explains, pooled over neighbours,
+    move the lattices by that change (weight about 1 on the entries that
+    change); offsets of pure noise get a weight of about 0 and leave them
+    where they were."""
+    from stemae.strain.ccstae.predict import pooled_centroid_correction
+
+    rng = np.random.default_rng(0)
+    Ry = Rx = 24
+    G = np.broadcast_to(np.array([[30.0, -15.0], [0.0, 26.0]]), (Ry, Rx, 2, 2)).copy()
+    hk = np.array([(h, k) for h in (-2, -1, 0, 1, 2) for k in (-2, -1, 0, 1, 2) if (h, k) != (0, 0)], float)
+    yy, xx = np.mgrid[0:Ry, 0:Rx] / Ry
+    M = np.zeros((Ry, Rx, 2, 2))
+    M[..., 0, 0], M[..., 0, 1] = 2e-3 * np.sin(2 * xx), 1e-3 * np.cos(3 * yy)
+    g = np.einsum("jk,yxik->yxji", hk, G)
+    var = np.full((Ry, Rx, len(hk)), 1e-4)
+    phase, valid = np.zeros((Ry, Rx), int), np.ones((Ry, Rx), bool)
+    coherent = np.einsum("yxab,yxjb->yxja", M, g) + rng.normal(0, 1e-2, g.shape)
+    out, weight = pooled_centroid_correction(G, coherent, var, hk, phase, valid, size=5)
+    assert (weight[0] > 0.8).all() and (weight[1] < 0.2).all()  # M's second row is zero: noise only
+    inner = (slice(3, -3), slice(3, -3))
+    want = (np.eye(2) + M) @ G
+    assert np.abs(out - want)[inner].max() < 0.3 * np.abs(want - G)[inner].max()
+    noise = rng.normal(0, 1e-2, g.shape)
+    out, weight = pooled_centroid_correction(G, noise, var, hk, phase, valid, size=5)
+    assert (weight < 0.2).all()
+    assert np.abs(out - G).max() < 1e-3

@@ -69,15 +69,17 @@ def test_strain_models_answer_as_in_process(server, repo, name, binary):
 
 
 def test_strain_equals_the_offline_map(server, repo):
-    """The served CC-ST-AE gives the offline prediction's lattices (after
-    relabelling to the reference) for the whole scan."""
+    """The served CC-ST-AE gives the offline per-batch step's lattices (after
+    relabelling to the reference) for the whole scan; the offline map then
+    pools the disks' centroid offsets over scan neighbours (the server has
+    no scan)."""
     from stemae.strain import ccstae
     from stemae.strain.lattice import align_to_reference
 
     client = th.InferenceServerClient(server.url)
     x = repo[1]["patterns"]
     model = ccstae.load(repo[0] / "strain" / "1")
-    offline = ccstae.predict(model, x.reshape(12, 12, 64, 64))
+    offline = ccstae.PredictStep(model)(x)
     got = np.concatenate([_infer(client, "strain", x[i:i + 48], True, ["G", "phase"]).as_numpy("G")
                           for i in range(0, len(x), 48)])
     phase = offline["phase"].reshape(-1)

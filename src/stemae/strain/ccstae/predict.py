@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from stemae.data.blocks import read_patterns, rows_for_budget
 from stemae.errors import InputError
@@ -17,7 +18,7 @@ from stemae.geometry import (
     strain_maps,
 )
 from stemae.runner import run
-from stemae.strain.ccstae.likelihood import fit_central_beam, fit_disk_lattice
+from stemae.strain.ccstae.likelihood import CENTROID_RING, centroid_offsets, fit_central_beam, fit_disk_lattice
 from stemae.strain.ccstae.model import CCSTAE, CLASS_SCALE
 from stemae.strain.diagnostics import (
     DIAGNOSTICS,
@@ -33,6 +34,9 @@ OUTPUTS = {"G": (2, 2), "cov": (4, 4), "origin": (2,), "phase": (), "probabiliti
 PHASE_ROUNDS = 2  # passes of refitting positions whose neighbours hold another phase
 COMPILE_ABOVE = 100_000  # patterns from which predict compiles its fits by default (the compile pays off)
 COMPILED_CPU_BATCH = 128  # largest sub-batch of the compiled fits on a CPU (fused kernels like cache-sized batches)
+POOL = 7  # scan positions per side over which the disks' centroid offsets are pooled
+POOL_PROBE = 15  # side of the central block whose centroids decide whether the whole map's are measured
+POOL_MIN_WEIGHT = 0.05  # below this weight on that block the correction is not worth a pass over the data
 
 
 @torch.no_grad()
@@ -102,6 +106,66 @@ def isolated_phases(phase: np.ndarray, min_votes: int = 5) -> tuple[np.ndarray, 
     flip = (major != phase) & (votes.max(-1) >= min_votes)
     r, c = np.nonzero(flip)
     return np.stack([r, c]), major[r, c]
+
+
+def pooled_centroid_correction(G: np.ndarray, offsets: np.ndarray, variance: np.ndarray, hk: np.ndarray,
+                                phase: np.ndarray, valid: np.ndarray, size: int = POOL) -> tuple[np.ndarray, np.ndarray]:
+    """Lattices moved by their disks' centroid offsets, pooled over
+    neighbouring positions and applied as far as they stand above their
+    noise.
+
+    Where the lattice varies within the probe, a disk's edge and its
+    intensity centroid part (the centroid follows the probe-weighted
+    lattice), coherently over several scan steps; photon noise does not
+    correlate between positions. Per position, a weighted least-squares fit
+    of the offsets to ``d_j = d_o + M g_j`` (``g_j = G hk_j``, weights one
+    over their variance, at least four disks) gives a correction ``M``
+    (2x2) and its variance; ``M`` is averaged over ``size`` x ``size``
+    positions of the same phase (inverse-variance weights) and each entry
+    applied as ``G <- (I + f M) G``, ``f = max(0, 1 - noise / mean square)``
+    over the map (an empirical-Bayes weight: about 1 where the offsets are
+    coherent, 0 where they are noise, as at a few hundred counts per disk).
+
+    Parameters
+    ----------
+    G : (Ry, Rx, 2, 2) fitted bases, px (columns g1, g2)
+    offsets : (Ry, Rx, J, 2) centroid minus fitted centre, px (NaN: none)
+    variance : (Ry, Rx, J) variance of each offset component, px^2
+    hk : (J, 2) reflection indices
+    phase, valid : (Ry, Rx) class and whether the fit is usable
+
+    Returns
+    -------
+    G : (Ry, Rx, 2, 2) corrected bases
+    weight : (2, 2) the ``f`` applied to each entry of ``M``
+    """
+    G = np.asarray(G, np.float64)
+    g = np.einsum("jk,yxik->yxji", np.asarray(hk, np.float64), G)
+    w = np.where(np.isfinite(variance) & np.isfinite(offsets).all(-1), 1 / np.where(variance > 0, variance, np.inf), 0)
+    A = np.concatenate([np.ones(g.shape[:-1] + (1,)), np.nan_to_num(g)], -1)  # (Ry, Rx, J, 3)
+    H = np.einsum("yxjk,yxjl,yxj->yxkl", A, A, w)
+    ok = valid & ((w > 0).sum(-1) >= 4) & (np.linalg.cond(H) < 1e12)
+    M, V = np.full(G.shape, np.nan), np.full(G.shape, np.nan)
+    Hi = np.linalg.inv(H[ok])
+    coef = np.einsum("nkl,njl,nj,nja->nak", Hi, A[ok], w[ok], np.nan_to_num(offsets[ok]))  # (n, axis, 3)
+    M[ok], V[ok] = coef[..., 1:], np.diagonal(Hi, axis1=-2, axis2=-1)[:, None, 1:].repeat(2, 1)
+    Ms, Vs = np.full(G.shape, np.nan), np.full(G.shape, np.nan)
+    box = (size, size, 1, 1)
+    for k in np.unique(phase):
+        m = (ok & (phase == k))[..., None, None] & np.isfinite(M)
+        wk = np.where(m, 1 / np.where(m, V, 1), 0)
+        num = ndimage.uniform_filter(np.where(m, M * wk, 0), box, mode="constant")
+        den = ndimage.uniform_filter(wk, box, mode="constant") * size * size  # the sum of the weights
+        sel = (valid & (phase == k))[..., None, None] & (den > 0)
+        Ms[sel] = (num * size * size / np.where(den > 0, den, 1))[sel]
+        Vs[sel] = (1 / np.where(den > 0, den, 1))[sel]
+    has = np.isfinite(Ms).all(axis=(-1, -2))
+    if not has.any():
+        return G, np.zeros((2, 2))
+    weight = np.clip(1 - Vs[has].mean(0) / np.maximum((Ms[has] ** 2).mean(0), 1e-300), 0, 1)
+    out = G.copy()
+    out[has] = (np.eye(2) + weight * Ms[has]) @ G[has]
+    return out, weight
 
 
 class PredictStep:
@@ -194,7 +258,11 @@ def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, 
     on another) is fitted again from their base, and the new fit is kept
     where it ends nearest that base (at a few electrons per disk a fit
     started from the wrong phase can stay near it); twice, as a corrected
-    position can leave a neighbour isolated.
+    position can leave a neighbour isolated. Last, the lattices move by
+    their disks' centroid offsets pooled over :data:`POOL` x :data:`POOL`
+    positions, as far as those stand above their noise
+    (:func:`pooled_centroid_correction`; the per-batch step alone, as the
+    server and live maps run it, stops before).
     ``compile`` (see :class:`PredictStep`; default: from
     :data:`COMPILE_ABOVE` patterns on, where it saves more than it costs).
 
@@ -208,9 +276,11 @@ def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, 
     ``n_disks`` (Ry, Rx) Bragg disks fitted, ``disk_intensity`` (Ry, Rx, J)
     each reflection's integrated counts (``model.hk`` order; NaN where its
     disk is off the detector), ``background`` (Ry, Rx) the diffuse
-    background's scale (counts per pixel where its shape is 1), and the
-    diagnostics ``virtual_bf``, ``virtual_df`` (Ry, Rx), ``mean_pattern``
-    and ``max_pattern`` (Qy, Qx).
+    background's scale (counts per pixel where its shape is 1),
+    ``centroid_weight`` (2, 2) the weight :func:`pooled_centroid_correction`
+    applied (zeros where the sample block showed nothing to correct), and
+    the diagnostics ``virtual_bf``, ``virtual_df`` (Ry, Rx),
+    ``mean_pattern`` and ``max_pattern`` (Qy, Qx).
     """
     Ry, Rx, Qy, Qx = data.shape
     if (Qy, Qx) != model.pattern_shape:
@@ -238,7 +308,48 @@ def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, 
                 keep = again["phase"] == major[sl]
                 for key, v in again.items():
                     pred[key][r[sl][keep], c[sl][keep]] = v[keep]
+    G, pred["centroid_weight"] = _centroid_pass(model, data, pred, batch_size, device)
+    pred["G"] = G.astype(pred["G"].dtype)
     return pred
+
+
+def _centroid_pass(model: CCSTAE, data, pred: dict, batch_size: int, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pooled_centroid_correction` of ``pred``'s lattices, the disks'
+    centroids measured on a central block of :data:`POOL_PROBE` positions
+    first and over the whole scan only where that block gives a weight of
+    at least :data:`POOL_MIN_WEIGHT` (at a few hundred counts per disk, or
+    with rigid disks, it gives 0 and the pass is not worth its time).
+    Returns the bases (Ry, Rx, 2, 2) and the weight (2, 2)."""
+    Ry, Rx = pred["G"].shape[:2]
+    hk = model.hk.cpu().numpy()
+    radius = model.radius
+    valid = np.isfinite(pred["G"]).all(axis=(-1, -2)) & (pred["n_disks"] >= 3)
+
+    def measure(rows: slice, cols: slice):
+        r, c = (a.ravel() for a in np.mgrid[rows, cols])
+        offsets = np.full((len(r), len(hk), 2), np.nan)
+        variance = np.full((len(r), len(hk)), np.nan)
+        for i in range(0, len(r), batch_size):
+            sl = slice(i, i + batch_size)
+            G = torch.as_tensor(pred["G"][r[sl], c[sl]], dtype=torch.float64, device=device)
+            g = torch.as_tensor(hk, dtype=G.dtype, device=device) @ G.transpose(-1, -2)  # (B, J, 2)
+            centres = torch.as_tensor(pred["origin"][r[sl], c[sl]], dtype=G.dtype, device=device)[:, None] + g
+            x = torch.as_tensor(read_patterns(data, r[sl], c[sl]), dtype=G.dtype, device=device)
+            d, v = centroid_offsets(x, centres, radius)
+            apart = (g.norm(dim=-1).amin(-1) > 2 * radius + CENTROID_RING[1]).cpu().numpy()  # no neighbour in a ring
+            offsets[sl][apart], variance[sl][apart] = d.cpu().numpy()[apart], v.cpu().numpy()[apart]
+        shape = (rows.stop - rows.start, cols.stop - cols.start)
+        return offsets.reshape(shape + offsets.shape[1:]), variance.reshape(shape + variance.shape[1:])
+
+    n = POOL_PROBE
+    block = (slice(max(0, (Ry - n) // 2), max(0, (Ry - n) // 2) + min(n, Ry)),
+             slice(max(0, (Rx - n) // 2), max(0, (Rx - n) // 2) + min(n, Rx)))
+    d, v = measure(*block)
+    _, weight = pooled_centroid_correction(pred["G"][block], d, v, hk, pred["phase"][block], valid[block])
+    if weight.max() < POOL_MIN_WEIGHT:
+        return np.asarray(pred["G"], np.float64), np.zeros((2, 2))
+    d, v = measure(slice(0, Ry), slice(0, Rx))
+    return pooled_centroid_correction(pred["G"], d, v, hk, pred["phase"], valid)
 
 
 def to_strain(pred: dict, reference=None, max_chi2: float | None = None, reference_phase: int | None = None,
