@@ -154,11 +154,10 @@ def pooled_centroid_correction(G: np.ndarray, offsets: np.ndarray, variance: np.
     for k in np.unique(phase):
         m = (ok & (phase == k))[..., None, None] & np.isfinite(M)
         wk = np.where(m, 1 / np.where(m, V, 1), 0)
-        num = ndimage.uniform_filter(np.where(m, M * wk, 0), box, mode="constant")
-        den = ndimage.uniform_filter(wk, box, mode="constant") * size * size  # the sum of the weights
-        sel = (valid & (phase == k))[..., None, None] & (den > 0)
-        Ms[sel] = (num * size * size / np.where(den > 0, den, 1))[sel]
-        Vs[sel] = (1 / np.where(den > 0, den, 1))[sel]
+        total = ndimage.uniform_filter(wk, box, mode="constant") * size * size  # the sum of the weights
+        sel = (valid & (phase == k))[..., None, None] & (total > 0)
+        Ms[sel] = ndimage.uniform_filter(np.where(m, M * wk, 0), box, mode="constant")[sel] * size * size / total[sel]
+        Vs[sel] = 1 / total[sel]
     has = np.isfinite(Ms).all(axis=(-1, -2))
     if not has.any():
         return G, np.zeros((2, 2))
@@ -325,31 +324,35 @@ def _centroid_pass(model: CCSTAE, data, pred: dict, batch_size: int, device: str
     radius = model.radius
     valid = np.isfinite(pred["G"]).all(axis=(-1, -2)) & (pred["n_disks"] >= 3)
 
-    def measure(rows: slice, cols: slice):
-        r, c = (a.ravel() for a in np.mgrid[rows, cols])
-        offsets = np.full((len(r), len(hk), 2), np.nan)
-        variance = np.full((len(r), len(hk)), np.nan)
+    offsets = np.full((Ry, Rx, len(hk), 2), np.nan)
+    variance = np.full((Ry, Rx, len(hk)), np.nan)
+    hk_t = torch.as_tensor(hk, dtype=torch.float64, device=device)
+
+    def measure(where: np.ndarray):
+        """Fill ``offsets`` and ``variance`` at the positions ``where`` (Ry, Rx) bool."""
+        r, c = np.nonzero(where)
         for i in range(0, len(r), batch_size):
-            sl = slice(i, i + batch_size)
-            G = torch.as_tensor(pred["G"][r[sl], c[sl]], dtype=torch.float64, device=device)
-            g = torch.as_tensor(hk, dtype=G.dtype, device=device) @ G.transpose(-1, -2)  # (B, J, 2)
-            centres = torch.as_tensor(pred["origin"][r[sl], c[sl]], dtype=G.dtype, device=device)[:, None] + g
-            x = torch.as_tensor(read_patterns(data, r[sl], c[sl]), dtype=G.dtype, device=device)
+            rs, cs = r[i : i + batch_size], c[i : i + batch_size]
+            G = torch.as_tensor(pred["G"][rs, cs], dtype=torch.float64, device=device)
+            g = hk_t @ G.transpose(-1, -2)  # (B, J, 2)
+            centres = torch.as_tensor(pred["origin"][rs, cs], dtype=G.dtype, device=device)[:, None] + g
+            x = torch.as_tensor(read_patterns(data, rs, cs), dtype=G.dtype, device=device)
             d, v = centroid_offsets(x, centres, radius)
             apart = (g.norm(dim=-1).amin(-1) > 2 * radius + CENTROID_RING[1]).cpu().numpy()  # no neighbour in a ring
-            offsets[sl][apart], variance[sl][apart] = d.cpu().numpy()[apart], v.cpu().numpy()[apart]
-        shape = (rows.stop - rows.start, cols.stop - cols.start)
-        return offsets.reshape(shape + offsets.shape[1:]), variance.reshape(shape + variance.shape[1:])
+            offsets[rs[apart], cs[apart]], variance[rs[apart], cs[apart]] = d.cpu().numpy()[apart], v.cpu().numpy()[apart]
 
     n = POOL_PROBE
     block = (slice(max(0, (Ry - n) // 2), max(0, (Ry - n) // 2) + min(n, Ry)),
              slice(max(0, (Rx - n) // 2), max(0, (Rx - n) // 2) + min(n, Rx)))
-    d, v = measure(*block)
-    _, weight = pooled_centroid_correction(pred["G"][block], d, v, hk, pred["phase"][block], valid[block])
+    in_block = np.zeros((Ry, Rx), bool)
+    in_block[block] = True
+    measure(in_block)
+    _, weight = pooled_centroid_correction(pred["G"][block], offsets[block], variance[block], hk,
+                                           pred["phase"][block], valid[block])
     if weight.max() < POOL_MIN_WEIGHT:
         return np.asarray(pred["G"], np.float64), np.zeros((2, 2))
-    d, v = measure(slice(0, Ry), slice(0, Rx))
-    return pooled_centroid_correction(pred["G"], d, v, hk, pred["phase"], valid)
+    measure(~in_block)
+    return pooled_centroid_correction(pred["G"], offsets, variance, hk, pred["phase"], valid)
 
 
 def to_strain(pred: dict, reference=None, max_chi2: float | None = None, reference_phase: int | None = None,
