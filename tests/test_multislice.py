@@ -62,3 +62,42 @@ def test_monolayer_heterostructure_truth_matches_its_patterns():
     own = (1 + sim.truth["e_xx"][0]) * (1 + sim.truth["e_yy"][0]) - sim.truth["e_xy"][0] ** 2
     spacing = np.sqrt(area[0] * own[0] / (area * own))
     np.testing.assert_allclose(spacing, np.where(sim.truth["phase"][0] == 1, WSE2_A / WS2_A, 1.0), rtol=1e-4)
+
+
+def test_probe_averaged_deformation_weighs_the_whole_probe_of_its_own_region():
+    """The truth's average over abTEM's probe: exact for a uniform gradient,
+    equal to the probe's intensity summed directly over the cell at a
+    position between grid points (tails wrapped around the cell included),
+    and blind to another region's lattice."""
+    from stemae.simulate.multislice import _Field, probe_averaged_deformation
+
+    ext = np.array([90.0, 80.0])
+    M = np.array([[2e-3, -1e-3], [3e-3, -2e-3]])
+    uniform = _Field([(M, ext / 2, 1e6)])  # a bump too wide to fall off: grad u = M everywhere
+    pos = np.array([[37.3, 41.7], [5.2, 71.9]])
+    F = probe_averaged_deformation(uniform, pos, ext, 80.0, 3.0)
+    np.testing.assert_allclose(F, np.broadcast_to(np.eye(2) + M, F.shape), atol=1e-9)
+
+    bump = _Field([(np.radians([[0, -0.6], [0.6, 0]]), (30.0, 45.0), 12.0)])  # a rotation 12 A wide
+    F = probe_averaged_deformation(bump, pos, ext, 80.0, 3.0)
+    probe = abtem.Probe(energy=80e3, semiangle_cutoff=3.0, extent=tuple(ext), sampling=0.5)
+    waves = probe.build(scan=abtem.CustomScan(pos)).compute(progress_bar=False)
+    intensity = np.abs(np.asarray(waves.array)) ** 2  # (P, nx, ny)
+    gx, gy = np.meshgrid(np.arange(intensity.shape[1]) * 0.5, np.arange(intensity.shape[2]) * 0.5, indexing="ij")
+    grad = bump(bump.invert(np.stack([gx.ravel(), gy.ravel()], 1)))[1].reshape(gx.shape + (2, 2))
+    direct = np.eye(2) + np.einsum("pxy,xyij->pij", intensity, grad) / intensity.sum((1, 2))[:, None, None]
+    np.testing.assert_allclose(F, direct, atol=2e-6)  # grad u up to 1e-2
+    assert np.abs(F - np.eye(2)).max() > 1e-3  # the rotation is seen
+
+    # Two regions split sharply at x = 50.25 A (between grid points) with
+    # different uniform gradients: each position 12 A from the split sees
+    # only its own (the probe's tails reach across, by about 2 % of its
+    # intensity: 8e-4 of the 4e-2 expansion).
+    split = _Field([(M, ext / 2, 1e6)], expansion=0.04, x_i=50.25, y_c=40.0, width=0.02)
+    region = lambda xi: (xi[:, 0] > 50.25).astype(int)  # noqa: E731
+    pos = np.array([[38.25, 40.0], [62.25, 40.0]])
+    F = probe_averaged_deformation(split, pos, ext, 80.0, 3.0, region=region, own=np.array([0, 1]))
+    np.testing.assert_allclose(F[0], np.eye(2) + M, atol=2e-5)
+    np.testing.assert_allclose(np.diag(F[1]), 1 + np.diag(M) + 0.04, atol=2e-5)
+    both = probe_averaged_deformation(split, pos, ext, 80.0, 3.0)
+    assert abs(both[0, 0, 0] - F[0, 0, 0]) > 5e-4  # without the regions, the other lattice leaks in
