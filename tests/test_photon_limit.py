@@ -283,3 +283,29 @@ def test_pooled_centroid_correction_follows_coherent_offsets_and_ignores_noise()
     out, weight = pooled_centroid_correction(G, noise, var, hk, phase, valid, size=5)
     assert (weight < 0.2).all()
     assert np.abs(out - G).max() < 1e-3
+
+
+def test_the_centroid_pass_gate_is_above_what_noise_gives_its_block():
+    """``predict`` measures the whole map's centroids only where its central
+    block's largest weight reaches ``POOL_MIN_WEIGHT``: pure photon noise
+    on such a block gets there about once in a hundred maps (not, as a gate
+    near 0 would, in half of them), while offsets a lattice change explains
+    pass it."""
+    from stemae.strain.ccstae.predict import POOL, POOL_MIN_WEIGHT, POOL_PROBE, pooled_centroid_correction
+
+    rng = np.random.default_rng(1)
+    n = POOL_PROBE
+    G = np.broadcast_to(np.array([[30.0, -15.0], [0.0, 26.0]]), (n, n, 2, 2)).copy()
+    hk = np.array([(h, k) for h in (-2, -1, 0, 1, 2) for k in (-2, -1, 0, 1, 2) if (h, k) != (0, 0)], float)
+    g = np.einsum("jk,yxik->yxji", hk, G)
+    var = np.full((n, n, len(hk)), 1e-4)
+    phase, valid = np.zeros((n, n), int), np.ones((n, n), bool)
+    largest = [pooled_centroid_correction(G, rng.normal(0, 1e-2, g.shape), var, hk, phase, valid, size=POOL)[1].max()
+               for _ in range(400)]
+    assert np.mean(np.array(largest) >= POOL_MIN_WEIGHT) < 0.03
+    assert np.mean(np.array(largest) > 0.05) > 0.5  # the old gate's level: noise passed it most of the time
+    yy = np.mgrid[0:n, 0:n][0] / n
+    M = np.zeros((n, n, 2, 2))
+    M[..., 0, 1] = 1e-4 * np.cos(3 * yy)  # a shear of 1e-4; the pooled M's noise is under 1e-5
+    coherent = np.einsum("yxab,yxjb->yxja", M, g) + rng.normal(0, 1e-2, g.shape)
+    assert pooled_centroid_correction(G, coherent, var, hk, phase, valid, size=POOL)[1].max() >= POOL_MIN_WEIGHT

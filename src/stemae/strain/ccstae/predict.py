@@ -36,7 +36,9 @@ COMPILE_ABOVE = 100_000  # patterns from which predict compiles its fits by defa
 COMPILED_CPU_BATCH = 128  # largest sub-batch of the compiled fits on a CPU (fused kernels like cache-sized batches)
 POOL = 7  # scan positions per side over which the disks' centroid offsets are pooled
 POOL_PROBE = 15  # side of the central block whose centroids decide whether the whole map's are measured
-POOL_MIN_WEIGHT = 0.05  # below this weight on that block the correction is not worth a pass over the data
+# The block's largest weight that photon noise alone reaches once in a hundred maps (the block holds
+# about (15 / 7)^2 independent pools, so chance weights run high; the whole map's are applied as they come)
+POOL_MIN_WEIGHT = 0.63
 
 
 @torch.no_grad()
@@ -242,7 +244,7 @@ class PredictStep:
 
 def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, device: str = "cpu",
             progress: bool = False, store=None, fingerprint: dict | None = None, client=None,
-            rows: int | None = None, compile: bool | None = None) -> dict[str, np.ndarray]:
+            rows: int | None = None, compile: bool | None = None, pool: bool = True) -> dict[str, np.ndarray]:
     """Transforms, classes, lattices and their uncertainties for every pattern.
 
     Per batch (:class:`PredictStep`, mapped by :func:`stemae.runner.run`,
@@ -261,7 +263,7 @@ def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, 
     their disks' centroid offsets pooled over :data:`POOL` x :data:`POOL`
     positions, as far as those stand above their noise
     (:func:`pooled_centroid_correction`; the per-batch step alone, as the
-    server and live maps run it, stops before).
+    server and live maps run it, stops before; so does ``pool=False``).
     ``compile`` (see :class:`PredictStep`; default: from
     :data:`COMPILE_ABOVE` patterns on, where it saves more than it costs).
 
@@ -277,7 +279,8 @@ def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, 
     disk is off the detector), ``background`` (Ry, Rx) the diffuse
     background's scale (counts per pixel where its shape is 1),
     ``centroid_weight`` (2, 2) the weight :func:`pooled_centroid_correction`
-    applied (zeros where the sample block showed nothing to correct), and
+    applied (zeros where the sample block showed nothing to correct or
+    with ``pool=False``), and
     the diagnostics ``virtual_bf``, ``virtual_df`` (Ry, Rx),
     ``mean_pattern`` and ``max_pattern`` (Qy, Qx).
     """
@@ -307,6 +310,9 @@ def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, 
                 keep = again["phase"] == major[sl]
                 for key, v in again.items():
                     pred[key][r[sl][keep], c[sl][keep]] = v[keep]
+    if not pool:
+        pred["centroid_weight"] = np.zeros((2, 2))
+        return pred
     G, pred["centroid_weight"] = _centroid_pass(model, data, pred, batch_size, device)
     pred["G"] = G.astype(pred["G"].dtype)
     return pred
@@ -316,8 +322,9 @@ def _centroid_pass(model: CCSTAE, data, pred: dict, batch_size: int, device: str
     """:func:`pooled_centroid_correction` of ``pred``'s lattices, the disks'
     centroids measured on a central block of :data:`POOL_PROBE` positions
     first and over the whole scan only where that block gives a weight of
-    at least :data:`POOL_MIN_WEIGHT` (at a few hundred counts per disk, or
-    with rigid disks, it gives 0 and the pass is not worth its time).
+    at least :data:`POOL_MIN_WEIGHT`, more than photon noise alone gives
+    it (at a few hundred counts per disk, or with rigid disks, the whole
+    map's weight comes out about 0 and the pass is not worth its time).
     Returns the bases (Ry, Rx, 2, 2) and the weight (2, 2)."""
     Ry, Rx = pred["G"].shape[:2]
     hk = model.hk.cpu().numpy()

@@ -30,15 +30,17 @@ def settle_bases(model: CCSTAE, sample: np.ndarray, *, device: str = "cpu", roun
     At a few electrons per disk a per-pattern fit converges only part of the
     way from its start, the base, so every lattice measured inherits part of
     the base's error, and strain against a reference of another phase with
-    it. Each round predicts the sample and sets every base to its members'
-    median stretch (and, for a sample of one orientation, mean rotation,
-    :func:`~stemae.strain.ccstae.init.refine_bases`), until no entry of a
-    base moves by more than ``tol`` of its size, at most ``rounds`` times.
+    it. Each round predicts the sample (without the pooled centroid
+    correction, whose few 1e-4 lie below ``tol``) and sets every base to
+    its members' median stretch (and, for a sample of one orientation, mean
+    rotation, :func:`~stemae.strain.ccstae.init.refine_bases`), until no
+    entry of a base moves by more than ``tol`` of its size, at most
+    ``rounds`` times.
     Returns each round's largest relative move.
     """
     moves = []
     for _ in range(rounds):
-        pred = predict(model, sample, device=device, compile=False)
+        pred = predict(model, sample, device=device, compile=False, pool=False)
         G = pred["G"].reshape(-1, 2, 2).astype(np.float64)
         old = model.G.detach().cpu().double().numpy()
         new, _ = refine_bases(G[np.isfinite(G).all((1, 2))], old, rotate=model.max_turn <= SEARCH_TURN)
