@@ -274,13 +274,21 @@ def test_pooled_centroid_correction_follows_coherent_offsets_and_ignores_noise()
     var = np.full((Ry, Rx, len(hk)), 1e-4)
     phase, valid = np.zeros((Ry, Rx), int), np.ones((Ry, Rx), bool)
     coherent = np.einsum("yxab,yxjb->yxja", M, g) + rng.normal(0, 1e-2, g.shape)
-    out, weight = pooled_centroid_correction(G, coherent, var, hk, phase, valid, size=5)
+    out, weight, added = pooled_centroid_correction(G, coherent, var, hk, phase, valid, size=5)
     assert (weight[0] > 0.8).all() and (weight[1] < 0.2).all()  # M's second row is zero: noise only
     inner = (slice(3, -3), slice(3, -3))
     want = (np.eye(2) + M) @ G
     assert np.abs(out - want)[inner].max() < 0.3 * np.abs(want - G)[inner].max()
+    # The reported variance of the correction is its scatter over noise draws
+    # (the first row's entries, applied with weight about 1).
+    other = np.random.default_rng(2)
+    draws = np.stack([pooled_centroid_correction(G, np.einsum("yxab,yxjb->yxja", M, g)
+                                                 + other.normal(0, 1e-2, g.shape), var, hk, phase, valid, size=5)[0]
+                      for _ in range(60)])
+    ratio = draws.var(0)[inner][..., 0, :] / added[inner][..., 0, :]
+    assert 0.8 < np.median(ratio) < 1.25
     noise = rng.normal(0, 1e-2, g.shape)
-    out, weight = pooled_centroid_correction(G, noise, var, hk, phase, valid, size=5)
+    out, weight, added = pooled_centroid_correction(G, noise, var, hk, phase, valid, size=5)
     assert (weight < 0.2).all()
     assert np.abs(out - G).max() < 1e-3
 

@@ -111,7 +111,8 @@ def isolated_phases(phase: np.ndarray, min_votes: int = 5) -> tuple[np.ndarray, 
 
 
 def pooled_centroid_correction(G: np.ndarray, offsets: np.ndarray, variance: np.ndarray, hk: np.ndarray,
-                                phase: np.ndarray, valid: np.ndarray, size: int = POOL) -> tuple[np.ndarray, np.ndarray]:
+                                phase: np.ndarray, valid: np.ndarray,
+                                size: int = POOL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lattices moved by their disks' centroid offsets, pooled over
     neighbouring positions and applied as far as they stand above their
     noise.
@@ -140,6 +141,9 @@ def pooled_centroid_correction(G: np.ndarray, offsets: np.ndarray, variance: np.
     -------
     G : (Ry, Rx, 2, 2) corrected bases
     weight : (2, 2) the ``f`` applied to each entry of ``M``
+    variance : (Ry, Rx, 2, 2) the correction's own variance in each entry
+        of ``G``, px^2 (from the pooled covariance of ``M``'s rows, each
+        entry scaled by its ``f``; 0 where nothing is applied)
     """
     G = np.asarray(G, np.float64)
     g = np.einsum("jk,yxik->yxji", np.asarray(hk, np.float64), G)
@@ -148,10 +152,11 @@ def pooled_centroid_correction(G: np.ndarray, offsets: np.ndarray, variance: np.
     H = np.einsum("yxjk,yxjl,yxj->yxkl", A, A, w)
     ok = valid & ((w > 0).sum(-1) >= 4) & (np.linalg.cond(H) < 1e12)
     M, V = np.full(G.shape, np.nan), np.full(G.shape, np.nan)
+    C = np.zeros(G.shape[:2])  # covariance of a row's two entries (the same for both rows)
     Hi = np.linalg.inv(H[ok])
     coef = np.einsum("nkl,njl,nj,nja->nak", Hi, A[ok], w[ok], np.nan_to_num(offsets[ok]))  # (n, axis, 3)
-    M[ok], V[ok] = coef[..., 1:], np.diagonal(Hi, axis1=-2, axis2=-1)[:, None, 1:].repeat(2, 1)
-    Ms, Vs = np.full(G.shape, np.nan), np.full(G.shape, np.nan)
+    M[ok], V[ok], C[ok] = coef[..., 1:], np.diagonal(Hi, axis1=-2, axis2=-1)[:, None, 1:].repeat(2, 1), Hi[:, 1, 2]
+    Ms, Vs, Cs = np.full(G.shape, np.nan), np.full(G.shape, np.nan), np.zeros(G.shape[:2])
     box = (size, size, 1, 1)
     for k in np.unique(phase):
         m = (ok & (phase == k))[..., None, None] & np.isfinite(M)
@@ -160,13 +165,18 @@ def pooled_centroid_correction(G: np.ndarray, offsets: np.ndarray, variance: np.
         sel = (valid & (phase == k))[..., None, None] & (total > 0)
         Ms[sel] = ndimage.uniform_filter(np.where(m, M * wk, 0), box, mode="constant")[sel] * size * size / total[sel]
         Vs[sel] = 1 / total[sel]
+        cross = ndimage.uniform_filter(wk[..., 0, 0] * wk[..., 0, 1] * C, size, mode="constant") * size * size
+        Cs[sel[..., 0, 0]] = cross[sel[..., 0, 0]] / (total[..., 0, 0] * total[..., 0, 1])[sel[..., 0, 0]]
     has = np.isfinite(Ms).all(axis=(-1, -2))
     if not has.any():
-        return G, np.zeros((2, 2))
+        return G, np.zeros((2, 2)), np.zeros(G.shape)
     weight = np.clip(1 - Vs[has].mean(0) / np.maximum((Ms[has] ** 2).mean(0), 1e-300), 0, 1)
     out = G.copy()
     out[has] = (np.eye(2) + weight * Ms[has]) @ G[has]
-    return out, weight
+    added = np.zeros(G.shape)  # var of sum_b f_ab M_ab G_bc
+    added[has] = np.einsum("ab,nab,nbc->nac", weight**2, Vs[has], G[has] ** 2) + 2 * np.einsum(
+        "a,n,nc->nac", weight[:, 0] * weight[:, 1], Cs[has], G[has][:, 0] * G[has][:, 1])
+    return out, weight, added
 
 
 class PredictStep:
@@ -270,8 +280,9 @@ def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, 
     Returns
     -------
     dict with ``G`` (Ry, Rx, 2, 2) local reciprocal bases in pixels,
-    ``cov`` (Ry, Rx, 4, 4) their covariance (inverse Fisher information;
-    row-major entries), ``origin`` (Ry, Rx, 2), ``phase`` (Ry, Rx) class
+    ``cov`` (Ry, Rx, 4, 4) their covariance (inverse Fisher information,
+    plus the centroid correction's own variance on the diagonal where it
+    is applied; row-major entries), ``origin`` (Ry, Rx, 2), ``phase`` (Ry, Rx) class
     index, ``probabilities`` (Ry, Rx, K), ``chi2`` (Ry, Rx) Pearson
     chi-square per degree of freedom (about 1 where the model fits),
     ``n_disks`` (Ry, Rx) Bragg disks fitted, ``disk_intensity`` (Ry, Rx, J)
@@ -313,8 +324,10 @@ def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, 
     if not pool:
         pred["centroid_weight"] = np.zeros((2, 2))
         return pred
-    G, pred["centroid_weight"] = _centroid_pass(model, data, pred, batch_size, device)
+    G, pred["centroid_weight"], added = _centroid_pass(model, data, pred, batch_size, device)
     pred["G"] = G.astype(pred["G"].dtype)
+    entry = np.arange(4)  # cov's order: G's entries row by row
+    pred["cov"][..., entry, entry] += added.reshape(added.shape[:2] + (4,)).astype(pred["cov"].dtype)
     return pred
 
 
@@ -325,7 +338,8 @@ def _centroid_pass(model: CCSTAE, data, pred: dict, batch_size: int, device: str
     at least :data:`POOL_MIN_WEIGHT`, more than photon noise alone gives
     it (at a few hundred counts per disk, or with rigid disks, the whole
     map's weight comes out about 0 and the pass is not worth its time).
-    Returns the bases (Ry, Rx, 2, 2) and the weight (2, 2)."""
+    Returns the bases (Ry, Rx, 2, 2), the weight (2, 2) and the
+    correction's variance in each entry of the bases (Ry, Rx, 2, 2)."""
     Ry, Rx = pred["G"].shape[:2]
     hk = model.hk.cpu().numpy()
     radius = model.radius
@@ -354,10 +368,10 @@ def _centroid_pass(model: CCSTAE, data, pred: dict, batch_size: int, device: str
     in_block = np.zeros((Ry, Rx), bool)
     in_block[block] = True
     measure(in_block)
-    _, weight = pooled_centroid_correction(pred["G"][block], offsets[block], variance[block], hk,
-                                           pred["phase"][block], valid[block])
+    _, weight, _ = pooled_centroid_correction(pred["G"][block], offsets[block], variance[block], hk,
+                                              pred["phase"][block], valid[block])
     if weight.max() < POOL_MIN_WEIGHT:
-        return np.asarray(pred["G"], np.float64), np.zeros((2, 2))
+        return np.asarray(pred["G"], np.float64), np.zeros((2, 2)), np.zeros(pred["G"].shape)
     measure(~in_block)
     return pooled_centroid_correction(pred["G"], offsets, variance, hk, pred["phase"], valid)
 
