@@ -249,6 +249,7 @@ def probe_averaged_deformation(field, positions: np.ndarray, extent, energy_kev:
     F = (np.eye(2) + field(xi)[1]).reshape(nx, ny, 4)
     labels = np.zeros((nx, ny), int) if region is None else np.asarray(region(xi)).reshape(nx, ny)
     own = np.zeros(len(positions), int) if region is None else np.asarray(own)
+    positions = np.asarray(positions, np.float64)
     spectrum = np.conj(np.fft.fft2(intensity))
     keep = np.abs(spectrum) > 1e-9 * np.abs(spectrum).max()
     kx, ky = np.meshgrid(np.fft.fftfreq(nx, dx), np.fft.fftfreq(ny, dy), indexing="ij")
@@ -260,7 +261,7 @@ def probe_averaged_deformation(field, positions: np.ndarray, extent, energy_kev:
         where = np.nonzero(own == label)[0]
         for i in range(0, len(where), 64):
             at = where[i : i + 64]
-            sums = (np.exp(2j * np.pi * (np.asarray(positions, np.float64)[at] @ k.T)) @ coef).real  # (p, 5)
+            sums = (np.exp(2j * np.pi * (positions[at] @ k.T)) @ coef).real  # (p, 5)
             out[at] = sums[:, :4] / sums[:, 4:]
     return out.reshape(-1, 2, 2)
 

@@ -165,8 +165,9 @@ def pooled_centroid_correction(G: np.ndarray, offsets: np.ndarray, variance: np.
         sel = (valid & (phase == k))[..., None, None] & (total > 0)
         Ms[sel] = ndimage.uniform_filter(np.where(m, M * wk, 0), box, mode="constant")[sel] * size * size / total[sel]
         Vs[sel] = 1 / total[sel]
+        here = sel[..., 0, 0]
         cross = ndimage.uniform_filter(wk[..., 0, 0] * wk[..., 0, 1] * C, size, mode="constant") * size * size
-        Cs[sel[..., 0, 0]] = cross[sel[..., 0, 0]] / (total[..., 0, 0] * total[..., 0, 1])[sel[..., 0, 0]]
+        Cs[here] = cross[here] / (total[..., 0, 0] * total[..., 0, 1])[here]
     has = np.isfinite(Ms).all(axis=(-1, -2))
     if not has.any():
         return G, np.zeros((2, 2)), np.zeros(G.shape)
@@ -331,7 +332,8 @@ def predict(model: CCSTAE, data, *, batch_size: int = 256, iterations: int = 4, 
     return pred
 
 
-def _centroid_pass(model: CCSTAE, data, pred: dict, batch_size: int, device: str) -> tuple[np.ndarray, np.ndarray]:
+def _centroid_pass(model: CCSTAE, data, pred: dict, batch_size: int,
+                   device: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`pooled_centroid_correction` of ``pred``'s lattices, the disks'
     centroids measured on a central block of :data:`POOL_PROBE` positions
     first and over the whole scan only where that block gives a weight of
