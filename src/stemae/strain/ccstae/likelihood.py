@@ -115,7 +115,7 @@ def fit_disk_lattice(
     regather: tuple[int, ...] = (2,),
     local_background: bool = True,
     noise_floor: float = 0.05,
-    plateau_floor: float = 1.0,
+    plateau_floor: float = 0.5,
     min_on_detector: float = 0.5,
     settle: float = 1.0,
     use_central: bool = True,
@@ -174,13 +174,13 @@ def fit_disk_lattice(
     noise_floor : smallest model value in the weights (counts)
     plateau_floor : a Bragg disk's pixels weigh as if their variance were at
         least this share of the disk's plateau (its fitted amplitude), so
-        its edge and foot weigh as its plateau and the disk is placed by its
-        whole edge; with pure Poisson weights (0) the foot, where the model
-        predicts almost nothing, outweighs the rest, which is efficient only
-        where the edge's shape is exact (a lattice varying within the probe
-        reshapes it). The reported information is the sandwich form's for
-        these weights, disk by disk. The central beam, the probe's own
-        aperture, keeps Poisson weights
+        its foot weighs at most twice its plateau (at the default) and the
+        disk is placed by its whole edge; with pure Poisson weights (0) the
+        foot, where the model predicts almost nothing, outweighs the rest,
+        which is efficient only where the edge's shape is exact (a lattice
+        varying within the probe reshapes it). The reported information is
+        the sandwich form's for these weights, disk by disk. The central
+        beam, the probe's own aperture, keeps Poisson weights
     min_on_detector : disks whose centre is more than this many radii off
         the detector are left out
     settle : after the last gathering, a pattern whose Fisher step is
