@@ -106,7 +106,7 @@ def main():
     print(f"compiled first call (256 patterns, sub-batches of 128): {t_cold:.0f} s with an empty compile cache, {t_warm:.0f} s with it "
           f"filled; compiled against plain: largest |G| difference {dG:.1e} px, "
           f"{100 * phases_equal:.1f} % of phases equal", flush=True)
-    path = WORK / "tiled.h5"
+    path = WORK / f"tiled-{args.tiles}.h5"  # one file per tiling: a file of another size would misstate the rate
     if not path.exists():
         write_datacube(path, np.concatenate([sim.data] * args.tiles), sim.calibration)
     n_cli = 4096 * args.tiles
