@@ -6,6 +6,7 @@ a diffuse background) whose truth is known."""
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from stemae.geometry import strain_maps
 from stemae.nn.sampling import erfc_table
@@ -291,6 +292,33 @@ def test_pooled_centroid_correction_follows_coherent_offsets_and_ignores_noise()
     out, weight, added = pooled_centroid_correction(G, noise, var, hk, phase, valid, size=5)
     assert (weight < 0.2).all()
     assert np.abs(out - G).max() < 1e-3
+
+
+def test_pooled_centroid_correction_leaves_positions_without_centroids_in_their_pool_alone():
+    """Where centroids are sparse (few windows on the detector, or few fits
+    usable), a position with none within its pool keeps its lattice and the
+    weights are those the positions with centroids give: a sum of no
+    weights is zero, not rounding residue taken for a neighbour (which made
+    the pooled variance huge and the weights of the whole map 0)."""
+    from stemae.strain.ccstae.predict import pooled_centroid_correction
+
+    n = 15
+    G = np.broadcast_to(np.array([[30.0, -15.0], [0.0, 26.0]]), (n, n, 2, 2)).copy()
+    hk = np.array([(h, k) for h in (-2, -1, 0, 1, 2) for k in (-2, -1, 0, 1, 2) if (h, k) != (0, 0)], float)
+    g = np.einsum("jk,yxik->yxji", hk, G)
+    phase, valid = np.zeros((n, n), int), np.ones((n, n), bool)
+    M = np.array([[2e-3, 0.0], [0.0, 0.0]])
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        var = 1e-4 * rng.uniform(0.5, 20, (n, n, 1)) * np.ones(len(hk))
+        offsets = np.einsum("ab,yxjb->yxja", M, g) + rng.normal(0, 1e-2, g.shape)
+        has = rng.random((n, n)) < 0.12
+        offsets[~has] = np.nan
+        out, weight, added = pooled_centroid_correction(G, offsets, var, hk, phase, valid, size=7)
+        lonely = ndimage.maximum_filter(has, 7, mode="constant") == 0
+        assert weight[0, 0] > 0.9
+        assert (out[lonely] == G[lonely]).all() and (added[lonely] == 0).all()
+        assert np.isfinite(out).all() and np.isfinite(added).all()
 
 
 def test_the_centroid_pass_gate_is_above_what_noise_gives_its_block():

@@ -110,6 +110,15 @@ def isolated_phases(phase: np.ndarray, min_votes: int = 5) -> tuple[np.ndarray, 
     return np.stack([r, c]), major[r, c]
 
 
+def _box_sum(a: np.ndarray, size: int) -> np.ndarray:
+    """Sums of ``a`` (Ry, Rx, ...) over ``size`` x ``size`` scan positions
+    around each (zero beyond the map), summed directly: exactly zero where
+    every term is (a running box filter leaves rounding residue there,
+    which a sum of weights would take for a neighbour)."""
+    ones = np.ones(size)
+    return ndimage.correlate1d(ndimage.correlate1d(a, ones, axis=0, mode="constant"), ones, axis=1, mode="constant")
+
+
 def pooled_centroid_correction(G: np.ndarray, offsets: np.ndarray, variance: np.ndarray, hk: np.ndarray,
                                 phase: np.ndarray, valid: np.ndarray,
                                 size: int = POOL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -157,17 +166,15 @@ def pooled_centroid_correction(G: np.ndarray, offsets: np.ndarray, variance: np.
     coef = np.einsum("nkl,njl,nj,nja->nak", Hi, A[ok], w[ok], np.nan_to_num(offsets[ok]))  # (n, axis, 3)
     M[ok], V[ok], C[ok] = coef[..., 1:], np.diagonal(Hi, axis1=-2, axis2=-1)[:, None, 1:].repeat(2, 1), Hi[:, 1, 2]
     Ms, Vs, Cs = np.full(G.shape, np.nan), np.full(G.shape, np.nan), np.zeros(G.shape[:2])
-    box = (size, size, 1, 1)
     for k in np.unique(phase):
         m = (ok & (phase == k))[..., None, None] & np.isfinite(M)
         wk = np.where(m, 1 / np.where(m, V, 1), 0)
-        total = ndimage.uniform_filter(wk, box, mode="constant") * size * size  # the sum of the weights
+        total = _box_sum(wk, size)  # the sum of the weights
         sel = (valid & (phase == k))[..., None, None] & (total > 0)
-        Ms[sel] = ndimage.uniform_filter(np.where(m, M * wk, 0), box, mode="constant")[sel] * size * size / total[sel]
+        Ms[sel] = _box_sum(np.where(m, M * wk, 0), size)[sel] / total[sel]
         Vs[sel] = 1 / total[sel]
         here = sel[..., 0, 0]
-        cross = ndimage.uniform_filter(wk[..., 0, 0] * wk[..., 0, 1] * C, size, mode="constant") * size * size
-        Cs[here] = cross[here] / (total[..., 0, 0] * total[..., 0, 1])[here]
+        Cs[here] = _box_sum(wk[..., 0, 0] * wk[..., 0, 1] * C, size)[here] / (total[..., 0, 0] * total[..., 0, 1])[here]
     has = np.isfinite(Ms).all(axis=(-1, -2))
     if not has.any():
         return G, np.zeros((2, 2)), np.zeros(G.shape)
