@@ -257,6 +257,17 @@ def test_centroid_offsets_find_each_disk_on_a_sloped_background():
     assert (var[:3] > 0).all()
 
 
+def _lattice_map(n: int):
+    """An n x n map of one lattice for the pooled correction's tests: bases
+    ``G`` (n, n, 2, 2) px, the 24 reflections ``hk`` (24, 2) with
+    |h|, |k| <= 2, their vectors ``g`` (n, n, 24, 2) px, one phase and every
+    position valid."""
+    G = np.broadcast_to(np.array([[30.0, -15.0], [0.0, 26.0]]), (n, n, 2, 2)).copy()
+    hk = np.array([(h, k) for h in (-2, -1, 0, 1, 2) for k in (-2, -1, 0, 1, 2) if (h, k) != (0, 0)], float)
+    g = np.einsum("jk,yxik->yxji", hk, G)
+    return G, hk, g, np.zeros((n, n), int), np.ones((n, n), bool)
+
+
 def test_pooled_centroid_correction_follows_coherent_offsets_and_ignores_noise():
     """Offsets that a smooth lattice change explains, pooled over neighbours,
     move the lattices by that change (weight about 1 on the entries that
@@ -266,14 +277,11 @@ def test_pooled_centroid_correction_follows_coherent_offsets_and_ignores_noise()
 
     rng = np.random.default_rng(0)
     Ry = Rx = 24
-    G = np.broadcast_to(np.array([[30.0, -15.0], [0.0, 26.0]]), (Ry, Rx, 2, 2)).copy()
-    hk = np.array([(h, k) for h in (-2, -1, 0, 1, 2) for k in (-2, -1, 0, 1, 2) if (h, k) != (0, 0)], float)
+    G, hk, g, phase, valid = _lattice_map(Ry)
     yy, xx = np.mgrid[0:Ry, 0:Rx] / Ry
     M = np.zeros((Ry, Rx, 2, 2))
     M[..., 0, 0], M[..., 0, 1] = 2e-3 * np.sin(2 * xx), 1e-3 * np.cos(3 * yy)
-    g = np.einsum("jk,yxik->yxji", hk, G)
     var = np.full((Ry, Rx, len(hk)), 1e-4)
-    phase, valid = np.zeros((Ry, Rx), int), np.ones((Ry, Rx), bool)
     coherent = np.einsum("yxab,yxjb->yxja", M, g) + rng.normal(0, 1e-2, g.shape)
     out, weight, added = pooled_centroid_correction(G, coherent, var, hk, phase, valid, size=5)
     assert (weight[0] > 0.8).all() and (weight[1] < 0.2).all()  # M's second row is zero: noise only
@@ -303,10 +311,7 @@ def test_pooled_centroid_correction_leaves_positions_without_centroids_in_their_
     from stemae.strain.ccstae.predict import pooled_centroid_correction
 
     n = 15
-    G = np.broadcast_to(np.array([[30.0, -15.0], [0.0, 26.0]]), (n, n, 2, 2)).copy()
-    hk = np.array([(h, k) for h in (-2, -1, 0, 1, 2) for k in (-2, -1, 0, 1, 2) if (h, k) != (0, 0)], float)
-    g = np.einsum("jk,yxik->yxji", hk, G)
-    phase, valid = np.zeros((n, n), int), np.ones((n, n), bool)
+    G, hk, g, phase, valid = _lattice_map(n)
     M = np.array([[2e-3, 0.0], [0.0, 0.0]])
     for seed in range(20):
         rng = np.random.default_rng(seed)
@@ -331,11 +336,8 @@ def test_the_centroid_pass_gate_is_above_what_noise_gives_its_block():
 
     rng = np.random.default_rng(1)
     n = POOL_PROBE
-    G = np.broadcast_to(np.array([[30.0, -15.0], [0.0, 26.0]]), (n, n, 2, 2)).copy()
-    hk = np.array([(h, k) for h in (-2, -1, 0, 1, 2) for k in (-2, -1, 0, 1, 2) if (h, k) != (0, 0)], float)
-    g = np.einsum("jk,yxik->yxji", hk, G)
+    G, hk, g, phase, valid = _lattice_map(n)
     var = np.full((n, n, len(hk)), 1e-4)
-    phase, valid = np.zeros((n, n), int), np.ones((n, n), bool)
     largest = [pooled_centroid_correction(G, rng.normal(0, 1e-2, g.shape), var, hk, phase, valid, size=POOL)[1].max()
                for _ in range(400)]
     assert np.mean(np.array(largest) >= POOL_MIN_WEIGHT) < 0.03
